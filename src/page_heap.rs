@@ -1,0 +1,482 @@
+//! The page heap: runs of 8 KiB pages over memory mapped from the OS.
+//!
+//! Invariants (all under the single page heap lock):
+//! - Every free span is in exactly one free list: by exact length for lengths up to
+//!   [`MAX_LISTED`] pages, or the "long" list beyond; separate lists for resident (`Free`) and
+//!   released (`Returned`) spans. `free_pages` / `returned_pages` count the pages in them.
+//! - No two free spans of the same state are adjacent: freeing coalesces with neighbours of the
+//!   same state (found through the pagemap). Spans of different states are kept apart so that a
+//!   `Returned` span is always entirely non-resident and entirely zero.
+//! - The pagemap maps both ends of every free and large span, and every page of a small span
+//!   (see `pagemap`). Interior pages of free and large spans map to null.
+//! - `mapped_bytes` = pages in free lists + pages in small spans + pages in large spans, in bytes.
+//! - The page heap never calls into the central free lists, so the lock order
+//!   central free list -> page heap -> metadata arena cannot cycle.
+
+use crate::metadata;
+use crate::os;
+use crate::pagemap;
+use crate::size_class::SizeClass;
+use crate::span::{Span, SpanList, SpanState};
+use crate::sync::SpinLock;
+use crate::types::{Length, PageId, PAGE_SIZE};
+use core::ptr;
+
+/// Free spans up to this many pages sit in exact-length lists.
+pub const MAX_LISTED: usize = 128;
+/// The heap grows by at least this much address space at a time.
+const GROW_MIN_BYTES: usize = 32 << 20;
+/// Growth is aligned so that regions can be backed by huge pages where the system allows it.
+const GROW_ALIGN: usize = 2 << 20;
+
+pub struct PageHeap {
+    free: [SpanList; MAX_LISTED + 1],
+    returned: [SpanList; MAX_LISTED + 1],
+    long_free: SpanList,
+    long_returned: SpanList,
+    /// Recycled span records, linked through `next`.
+    pool: *mut Span,
+    pub stats: PageHeapStats,
+}
+
+/// Counters kept by the page heap, in pages unless named otherwise.
+#[derive(Clone, Copy, Default, Debug)]
+pub struct PageHeapStats {
+    pub mapped_bytes: usize,
+    pub free_pages: usize,
+    pub returned_pages: usize,
+    pub small_span_pages: usize,
+    pub large_pages: usize,
+    pub large_spans: usize,
+    pub released_bytes_total: usize,
+}
+
+// SAFETY: the raw pointers are only touched under the page heap lock.
+unsafe impl Send for PageHeap {}
+
+pub static PAGE_HEAP: SpinLock<PageHeap> = SpinLock::new(PageHeap::new());
+
+impl PageHeap {
+    const fn new() -> PageHeap {
+        PageHeap {
+            free: [const { SpanList::new() }; MAX_LISTED + 1],
+            returned: [const { SpanList::new() }; MAX_LISTED + 1],
+            long_free: SpanList::new(),
+            long_returned: SpanList::new(),
+            pool: ptr::null_mut(),
+            stats: PageHeapStats {
+                mapped_bytes: 0,
+                free_pages: 0,
+                returned_pages: 0,
+                small_span_pages: 0,
+                large_pages: 0,
+                large_spans: 0,
+                released_bytes_total: 0,
+            },
+        }
+    }
+
+    fn new_record(&mut self) -> *mut Span {
+        let s = if self.pool.is_null() {
+            metadata::alloc(core::mem::size_of::<Span>(), core::mem::align_of::<Span>()) as *mut Span
+        } else {
+            let s = self.pool;
+            // SAFETY: pool records are valid, unused span records.
+            self.pool = unsafe { (*s).next };
+            s
+        };
+        if !s.is_null() {
+            // SAFETY: `s` is a valid record we own exclusively.
+            unsafe { s.write(Span::empty()) };
+        }
+        s
+    }
+
+    fn free_record(&mut self, s: *mut Span) {
+        // SAFETY: `s` is a record no list or pagemap entry refers to any more.
+        unsafe {
+            (*s).state = SpanState::Free;
+            (*s).next = self.pool;
+        }
+        self.pool = s;
+    }
+
+    fn list_for(&mut self, len: Length, state: SpanState) -> &mut SpanList {
+        let returned = state == SpanState::Returned;
+        match (len.0 <= MAX_LISTED, returned) {
+            (true, false) => &mut self.free[len.0],
+            (true, true) => &mut self.returned[len.0],
+            (false, false) => &mut self.long_free,
+            (false, true) => &mut self.long_returned,
+        }
+    }
+
+    /// # Safety
+    /// `s` is a valid free span not in a list.
+    unsafe fn insert_free(&mut self, s: *mut Span) {
+        // SAFETY: guaranteed by the caller.
+        let (len, state) = unsafe { ((*s).len, (*s).state) };
+        if state == SpanState::Returned {
+            self.stats.returned_pages += len.0;
+        } else {
+            self.stats.free_pages += len.0;
+        }
+        // SAFETY: as above.
+        unsafe {
+            self.list_for(len, state).push_front(s);
+            pagemap::set_ends(s);
+        }
+    }
+
+    /// # Safety
+    /// `s` is a valid free span in its free list.
+    unsafe fn remove_free(&mut self, s: *mut Span) {
+        // SAFETY: guaranteed by the caller.
+        let (len, state) = unsafe { ((*s).len, (*s).state) };
+        if state == SpanState::Returned {
+            self.stats.returned_pages -= len.0;
+        } else {
+            self.stats.free_pages -= len.0;
+        }
+        // SAFETY: as above.
+        unsafe { self.list_for(len, state).remove(s) };
+    }
+
+    /// Coalesces free span `s` (not in a list, state `Free` or `Returned`) with free neighbours
+    /// of the same state and inserts the result.
+    ///
+    /// # Safety
+    /// `s` is a valid free span, not in a list, whose pages no pagemap entry maps to another span.
+    unsafe fn merge_and_insert(&mut self, s: *mut Span) {
+        // SAFETY: `s` is valid; neighbours found through the pagemap are valid records because
+        // the pagemap only maps live spans (writes happen under this lock, which we hold).
+        unsafe {
+            let state = (*s).state;
+            if (*s).start.0 > 0 {
+                let prev = pagemap::span_of(PageId((*s).start.0 - 1));
+                if !prev.is_null() && (*prev).state == state && (*prev).in_list {
+                    self.remove_free(prev);
+                    pagemap::set((*prev).start, ptr::null_mut(), SizeClass::LARGE);
+                    pagemap::set((*prev).last_page(), ptr::null_mut(), SizeClass::LARGE);
+                    (*s).start = (*prev).start;
+                    (*s).len = Length((*s).len.0 + (*prev).len.0);
+                    self.free_record(prev);
+                }
+            }
+            let next = pagemap::span_of((*s).start.add((*s).len));
+            if !next.is_null() && (*next).state == state && (*next).in_list {
+                self.remove_free(next);
+                pagemap::set((*next).start, ptr::null_mut(), SizeClass::LARGE);
+                pagemap::set((*next).last_page(), ptr::null_mut(), SizeClass::LARGE);
+                (*s).len = Length((*s).len.0 + (*next).len.0);
+                self.free_record(next);
+            }
+            self.insert_free(s);
+        }
+    }
+
+    /// Splits `s` after its first `n` pages; returns the new record for the rest (same state),
+    /// or null if no record could be had (then `s` is unchanged). No pagemap changes.
+    ///
+    /// # Safety
+    /// `s` is valid, not in a list, and `0 < n < s.len`.
+    unsafe fn split(&mut self, s: *mut Span, n: Length) -> *mut Span {
+        let r = self.new_record();
+        if r.is_null() {
+            return r;
+        }
+        // SAFETY: both records are valid and exclusively ours.
+        unsafe {
+            (*r).start = (*s).start.add(n);
+            (*r).len = Length((*s).len.0 - n.0);
+            (*r).state = (*s).state;
+            (*s).len = n;
+        }
+        r
+    }
+
+    fn find(&mut self, n: Length) -> *mut Span {
+        if n.0 <= MAX_LISTED {
+            for len in n.0..=MAX_LISTED {
+                if !self.free[len].is_empty() {
+                    return self.free[len].first();
+                }
+                if !self.returned[len].is_empty() {
+                    return self.returned[len].first();
+                }
+            }
+        }
+        // Best fit among long spans, resident ones first on ties.
+        let mut best: *mut Span = ptr::null_mut();
+        for list in [&self.long_free, &self.long_returned] {
+            let mut s = list.first();
+            while !s.is_null() {
+                // SAFETY: spans in our lists are valid.
+                unsafe {
+                    if (*s).len >= n && (best.is_null() || (*s).len < (*best).len) {
+                        best = s;
+                    }
+                    s = (*s).next;
+                }
+            }
+        }
+        best
+    }
+
+    fn grow(&mut self, n: Length) -> bool {
+        let Some(want) = n.0.checked_mul(PAGE_SIZE) else {
+            return false;
+        };
+        let Some(bytes) = want
+            .max(GROW_MIN_BYTES)
+            .checked_next_multiple_of(GROW_ALIGN)
+        else {
+            return false;
+        };
+        let Some(mem) = os::map_aligned(bytes, GROW_ALIGN) else {
+            return false;
+        };
+        let start = PageId::containing(mem as usize);
+        let len = Length(bytes / PAGE_SIZE);
+        let s = self.new_record();
+        if s.is_null() || !pagemap::ensure(start, len) {
+            if !s.is_null() {
+                self.free_record(s);
+            }
+            os::unmap(mem, bytes);
+            return false;
+        }
+        self.stats.mapped_bytes += bytes;
+        // SAFETY: `s` is a fresh record for pages nobody maps yet.
+        unsafe {
+            (*s).start = start;
+            (*s).len = len;
+            (*s).state = SpanState::Returned;
+            self.merge_and_insert(s);
+        }
+        true
+    }
+
+    /// Takes a free run of exactly `n` pages out of the free lists (growing the heap if needed).
+    /// The result keeps its free state (`Free` or `Returned`, telling whether it is zeroed) and
+    /// is in no list; the caller sets its state and pagemap entries.
+    fn take(&mut self, n: Length) -> *mut Span {
+        let mut s = self.find(n);
+        if s.is_null() {
+            if !self.grow(n) {
+                return ptr::null_mut();
+            }
+            s = self.find(n);
+            if s.is_null() {
+                return s;
+            }
+        }
+        // SAFETY: `s` came from our free lists.
+        unsafe {
+            self.remove_free(s);
+            if (*s).len > n {
+                let r = self.split(s, n);
+                if r.is_null() {
+                    self.merge_and_insert(s);
+                    return ptr::null_mut();
+                }
+                self.merge_and_insert(r);
+            }
+        }
+        s
+    }
+
+    /// A span of `n` pages whose start is a multiple of `align` bytes, for one large allocation.
+    pub fn alloc_large(&mut self, n: Length, align: usize) -> *mut Span {
+        let extra = if align > PAGE_SIZE { align / PAGE_SIZE - 1 } else { 0 };
+        let Some(total) = n.0.checked_add(extra) else {
+            return ptr::null_mut();
+        };
+        let mut s = self.take(Length(total));
+        if s.is_null() {
+            return s;
+        }
+        // SAFETY: `s` is ours, out of every list; pieces we split off go back as free spans.
+        unsafe {
+            if extra > 0 {
+                let addr = (*s).start_addr();
+                let head = (addr.next_multiple_of(align) - addr) / PAGE_SIZE;
+                if head > 0 {
+                    let r = self.split(s, Length(head));
+                    if r.is_null() {
+                        self.merge_and_insert(s);
+                        return ptr::null_mut();
+                    }
+                    self.merge_and_insert(s);
+                    s = r;
+                }
+                if (*s).len > n {
+                    let r = self.split(s, n);
+                    if r.is_null() {
+                        self.merge_and_insert(s);
+                        return ptr::null_mut();
+                    }
+                    self.merge_and_insert(r);
+                }
+            }
+            (*s).zeroed = (*s).state == SpanState::Returned;
+            (*s).state = SpanState::Large;
+            (*s).class = SizeClass::LARGE;
+            pagemap::set_ends(s);
+            self.stats.large_pages += n.0;
+            self.stats.large_spans += 1;
+        }
+        s
+    }
+
+    /// A span for size class `class`, registered in the pagemap on every page.
+    pub fn alloc_small_span(&mut self, class: SizeClass) -> *mut Span {
+        let info = class.info();
+        let n = Length(info.pages as usize);
+        let s = self.take(n);
+        if s.is_null() {
+            return s;
+        }
+        // SAFETY: `s` is ours and out of every list.
+        unsafe {
+            (*s).zeroed = (*s).state == SpanState::Returned;
+            (*s).state = SpanState::Small;
+            (*s).class = class;
+            (*s).allocated = 0;
+            (*s).free_objects = ptr::null_mut();
+            (*s).carve = (*s).start_addr();
+            (*s).carve_end = (*s).carve + info.objects_per_span as usize * info.size as usize;
+            pagemap::set_range((*s).start, n, s, class);
+        }
+        self.stats.small_span_pages += n.0;
+        s
+    }
+
+    /// Returns an in-use span (small or large) to the free lists.
+    ///
+    /// # Safety
+    /// `s` is a `Small` span with no objects out, or a `Large` span, and nothing uses its pages.
+    pub unsafe fn dealloc(&mut self, s: *mut Span) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let (start, len) = ((*s).start, (*s).len);
+            if (*s).state == SpanState::Small {
+                pagemap::set_range(start, len, ptr::null_mut(), SizeClass::LARGE);
+                self.stats.small_span_pages -= len.0;
+            } else {
+                debug_assert_eq!((*s).state, SpanState::Large);
+                pagemap::set(start, ptr::null_mut(), SizeClass::LARGE);
+                pagemap::set((*s).last_page(), ptr::null_mut(), SizeClass::LARGE);
+                self.stats.large_pages -= len.0;
+                self.stats.large_spans -= 1;
+            }
+            (*s).state = SpanState::Free;
+            (*s).free_objects = ptr::null_mut();
+            (*s).allocated = 0;
+            self.merge_and_insert(s);
+        }
+    }
+
+    /// Shrinks large span `s` to `n` pages in place, freeing the tail.
+    ///
+    /// # Safety
+    /// `s` is a valid `Large` span and `1 <= n <= s.len`.
+    pub unsafe fn shrink_large(&mut self, s: *mut Span, n: Length) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            if n >= (*s).len {
+                return;
+            }
+            let old_last = (*s).last_page();
+            let r = self.split(s, n);
+            if r.is_null() {
+                return;
+            }
+            pagemap::set(old_last, ptr::null_mut(), SizeClass::LARGE);
+            pagemap::set((*s).last_page(), s, SizeClass::LARGE);
+            self.stats.large_pages -= (*r).len.0;
+            (*r).state = SpanState::Free;
+            self.merge_and_insert(r);
+        }
+    }
+
+    /// Grows large span `s` to `n` pages in place if the pages after it are free.
+    ///
+    /// # Safety
+    /// `s` is a valid `Large` span and `n > s.len`.
+    pub unsafe fn grow_large(&mut self, s: *mut Span, n: Length) -> bool {
+        // SAFETY: guaranteed by the caller; `next` comes from the pagemap under our lock.
+        unsafe {
+            let extra = Length(n.0 - (*s).len.0);
+            let next = pagemap::span_of((*s).start.add((*s).len));
+            if next.is_null() || !(*next).in_list || !(*next).is_free() || (*next).len < extra {
+                return false;
+            }
+            self.remove_free(next);
+            if (*next).len > extra {
+                let r = self.split(next, extra);
+                if r.is_null() {
+                    self.merge_and_insert(next);
+                    return false;
+                }
+                self.merge_and_insert(r);
+            }
+            pagemap::set((*next).start, ptr::null_mut(), SizeClass::LARGE);
+            pagemap::set((*s).last_page(), ptr::null_mut(), SizeClass::LARGE);
+            (*s).len = n;
+            pagemap::set_ends(s);
+            self.stats.large_pages += extra.0;
+            self.free_record(next);
+        }
+        true
+    }
+
+    /// Releases every resident free span to the OS. Returns the bytes released.
+    pub fn release_all(&mut self) -> usize {
+        let mut released = 0;
+        for i in 0..=MAX_LISTED + 1 {
+            loop {
+                let s = if i <= MAX_LISTED {
+                    self.free[i].first()
+                } else {
+                    self.long_free.first()
+                };
+                if s.is_null() {
+                    break;
+                }
+                // SAFETY: `s` is a valid free span in its list.
+                unsafe {
+                    self.remove_free(s);
+                    released += self.release_span(s);
+                }
+            }
+        }
+        released
+    }
+
+    /// Releases free span `s` (out of its list) and reinserts it as `Returned`.
+    ///
+    /// # Safety
+    /// `s` is a valid `Free` span not in a list.
+    unsafe fn release_span(&mut self, s: *mut Span) -> usize {
+        // SAFETY: guaranteed by the caller; the pages hold no live data.
+        unsafe {
+            let bytes = (*s).len.bytes();
+            if os::release((*s).start_addr() as *mut u8, bytes) {
+                (*s).state = SpanState::Returned;
+                self.stats.released_bytes_total += bytes;
+                self.merge_and_insert(s);
+                bytes
+            } else {
+                self.merge_and_insert(s);
+                0
+            }
+        }
+    }
+}
+
+/// Locks the page heap.
+#[inline]
+pub fn lock() -> crate::sync::SpinGuard<'static, PageHeap> {
+    PAGE_HEAP.lock()
+}

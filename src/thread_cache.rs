@@ -1,0 +1,358 @@
+//! Thread caches: per thread, per size class, a singly linked list of free objects.
+//!
+//! Invariants:
+//! - A thread's cache lives in a `thread_local!` with a `const` initialiser and no `Drop`, so
+//!   touching it never registers a TLS destructor through libc (which would allocate).
+//! - `state` moves `UNINIT -> INITIALIZING -> ACTIVE -> TORN_DOWN`. Only an `ACTIVE` cache holds
+//!   objects; in every other state every list is empty with `max_len == 0`, so the inlined fast
+//!   paths fall through to the slow paths, which then go straight to the central layers.
+//! - `lists[c].len` counts the objects on `lists[c]`, and `len <= max_len` after every
+//!   operation. `size` = sum over classes of `len * class_size`.
+//! - At thread exit a pthread key destructor hands every object back (no memory is stranded in
+//!   dead threads) and marks the cache `TORN_DOWN`; later calls on that thread bypass it.
+//! - The hit paths take no lock and use no atomic instruction.
+
+use crate::central_free_list::Chain;
+use crate::size_class::{SizeClass, NUM_CLASSES};
+use crate::span::FreeObject;
+use crate::stats::{LocalCounter, ThreadStats};
+use crate::transfer_cache;
+use core::cell::UnsafeCell;
+use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+pub const UNINIT: u8 = 0;
+pub const INITIALIZING: u8 = 1;
+pub const ACTIVE: u8 = 2;
+pub const TORN_DOWN: u8 = 3;
+
+/// Total bytes all thread caches together aim to stay under.
+pub const TOTAL_BUDGET: usize = 32 << 20;
+const MIN_PER_THREAD: usize = 256 << 10;
+const MAX_PER_THREAD: usize = 4 << 20;
+/// Longest a list may grow, in objects.
+const MAX_LIST_LEN: u32 = 8192;
+
+#[repr(C)]
+pub struct FreeList {
+    head: *mut FreeObject,
+    len: u32,
+    max_len: u32,
+    overflows: u32,
+}
+
+impl FreeList {
+    const EMPTY: FreeList = FreeList {
+        head: ptr::null_mut(),
+        len: 0,
+        max_len: 0,
+        overflows: 0,
+    };
+
+    /// Detaches the first `n` objects (`n <= len`) as a chain.
+    ///
+    /// # Safety
+    /// The list's objects are valid free objects.
+    unsafe fn pop_chain(&mut self, n: usize) -> Chain {
+        debug_assert!(n >= 1 && n <= self.len as usize);
+        let head = self.head;
+        let mut tail = head;
+        for _ in 1..n {
+            // SAFETY: the list has at least n objects.
+            tail = unsafe { (*tail).next };
+        }
+        // SAFETY: `tail` is the n-th object of the list.
+        unsafe {
+            self.head = (*tail).next;
+            (*tail).next = ptr::null_mut();
+        }
+        self.len -= n as u32;
+        Chain {
+            head,
+            tail,
+            count: n,
+        }
+    }
+}
+
+#[repr(C)]
+pub struct ThreadCache {
+    lists: [FreeList; NUM_CLASSES],
+    size: LocalCounter,
+    max_size: usize,
+    state: u8,
+    pub stats: ThreadStats,
+}
+
+impl ThreadCache {
+    const fn new() -> ThreadCache {
+        ThreadCache {
+            lists: [FreeList::EMPTY; NUM_CLASSES],
+            size: LocalCounter::new(),
+            max_size: 0,
+            state: UNINIT,
+            stats: ThreadStats::new(),
+        }
+    }
+
+    /// Bytes of free objects this cache holds.
+    pub fn cached_bytes(&self) -> usize {
+        self.size.get()
+    }
+}
+
+thread_local! {
+    static CACHE: UnsafeCell<ThreadCache> = const { UnsafeCell::new(ThreadCache::new()) };
+}
+
+/// Threads with an active cache.
+pub static ACTIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// This thread's cache.
+#[inline(always)]
+pub fn current() -> *mut ThreadCache {
+    CACHE.with(|c| c.get())
+}
+
+/// Allocates an object of `class`; null only when memory is exhausted.
+#[inline(always)]
+pub fn alloc(class: SizeClass) -> *mut u8 {
+    let tc = current();
+    // SAFETY: `tc` is this thread's cache; nothing else touches it. The list's objects are
+    // valid free objects of `class`.
+    unsafe {
+        let list = (*tc).lists.get_unchecked_mut(class.index());
+        let head = list.head;
+        if !head.is_null() {
+            list.head = (*head).next;
+            list.len -= 1;
+            (*tc).size.sub(class.size());
+            (*tc).stats.allocs.get_unchecked(class.index()).add(1);
+            return head as *mut u8;
+        }
+        alloc_slow(tc, class)
+    }
+}
+
+/// Frees object `p` of `class`.
+///
+/// # Safety
+/// `p` is an object of `class` handed out by oxmalloc and no longer used.
+#[inline(always)]
+pub unsafe fn free(p: *mut u8, class: SizeClass) {
+    let tc = current();
+    // SAFETY: `tc` is this thread's cache; `p` is a free object of `class` (caller's contract).
+    unsafe {
+        let list = (*tc).lists.get_unchecked_mut(class.index());
+        if list.len < list.max_len {
+            let obj = p as *mut FreeObject;
+            (*obj).next = list.head;
+            list.head = obj;
+            list.len += 1;
+            (*tc).size.add(class.size());
+            (*tc).stats.frees.get_unchecked(class.index()).add(1);
+            if (*tc).size.get() > (*tc).max_size {
+                scavenge(tc);
+            }
+            return;
+        }
+        free_slow(tc, p, class)
+    }
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn alloc_slow(tc: *mut ThreadCache, class: SizeClass) -> *mut u8 {
+    // SAFETY: `tc` is this thread's cache.
+    unsafe {
+        if (*tc).state != ACTIVE && !activate(tc) {
+            return alloc_uncached(class);
+        }
+        let info = class.info();
+        let batch = info.batch;
+        let list = &mut (*tc).lists[class.index()];
+        // Slow start: one more object per refill up to a batch, then a batch more each time.
+        if list.max_len < batch {
+            list.max_len += 1;
+        } else {
+            list.max_len = (list.max_len + batch).min(max_len_for(class));
+        }
+        let want = list.max_len.min(batch) as usize;
+        let chain = transfer_cache::remove(class, want);
+        if chain.count == 0 {
+            return ptr::null_mut();
+        }
+        let obj = chain.head;
+        if chain.count > 1 {
+            (*chain.tail).next = list.head;
+            list.head = (*obj).next;
+            list.len += chain.count as u32 - 1;
+            (*tc).size.add((chain.count - 1) * info.size as usize);
+        }
+        (*tc).stats.allocs.get_unchecked(class.index()).add(1);
+        obj as *mut u8
+    }
+}
+
+fn max_len_for(class: SizeClass) -> u32 {
+    let info = class.info();
+    let by_bytes = (MAX_PER_THREAD / 4 / info.size as usize) as u32;
+    by_bytes.clamp(info.batch, MAX_LIST_LEN)
+}
+
+#[cold]
+#[inline(never)]
+unsafe fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
+    // SAFETY: `tc` is this thread's cache; `p` a free object of `class` (caller's contract).
+    unsafe {
+        if (*tc).state != ACTIVE && !activate(tc) {
+            return free_uncached(p, class);
+        }
+        (*tc).stats.frees.get_unchecked(class.index()).add(1);
+        let batch = class.info().batch;
+        let list = &mut (*tc).lists[class.index()];
+        let obj = p as *mut FreeObject;
+        (*obj).next = list.head;
+        list.head = obj;
+        list.len += 1;
+        (*tc).size.add(class.size());
+        if list.max_len < batch {
+            // Still in slow start: let the list grow by one instead of releasing.
+            list.max_len += 1;
+            if list.len <= list.max_len {
+                return;
+            }
+        } else {
+            list.overflows += 1;
+            if list.overflows > 3 {
+                list.max_len = (list.max_len - batch).max(batch);
+                list.overflows = 0;
+            }
+        }
+        let n = (list.len as usize).min(batch as usize);
+        let chain = list.pop_chain(n);
+        (*tc).size.sub(n * class.size());
+        transfer_cache::insert(class, chain);
+    }
+}
+
+/// Trims the cache below its budget by releasing half of every list.
+#[cold]
+#[inline(never)]
+unsafe fn scavenge(tc: *mut ThreadCache) {
+    // SAFETY: `tc` is this thread's cache.
+    unsafe {
+        (*tc).max_size = per_thread_budget();
+        for c in 1..NUM_CLASSES {
+            let class = SizeClass(c as u8);
+            let list = &mut (*tc).lists[c];
+            let mut drop = list.len as usize / 2;
+            let batch = class.info().batch as usize;
+            while drop > 0 {
+                let n = drop.min(batch);
+                let chain = list.pop_chain(n);
+                (*tc).size.sub(n * class.size());
+                transfer_cache::insert(class, chain);
+                drop -= n;
+            }
+            list.max_len = list.max_len.min(list.len.max(1));
+        }
+    }
+}
+
+/// Gives every cached object back to the central layers. Returns the bytes released.
+///
+/// # Safety
+/// `tc` is the calling thread's cache.
+pub unsafe fn drain(tc: *mut ThreadCache) -> usize {
+    let mut bytes = 0;
+    // SAFETY: `tc` is this thread's cache.
+    unsafe {
+        for c in 1..NUM_CLASSES {
+            let class = SizeClass(c as u8);
+            let batch = class.info().batch as usize;
+            let list = &mut (*tc).lists[c];
+            while list.len > 0 {
+                let n = (list.len as usize).min(batch);
+                let chain = list.pop_chain(n);
+                transfer_cache::insert(class, chain);
+                bytes += n * class.size();
+            }
+        }
+        (*tc).size.set(0);
+    }
+    bytes
+}
+
+/// Drains the calling thread's cache (for an explicit release of free memory).
+pub fn drain_current() -> usize {
+    let tc = current();
+    // SAFETY: `tc` is this thread's cache; an inactive cache holds nothing.
+    unsafe {
+        if (*tc).state != ACTIVE {
+            return 0;
+        }
+        drain(tc)
+    }
+}
+
+fn per_thread_budget() -> usize {
+    let threads = ACTIVE_THREADS.load(Ordering::Relaxed).max(1);
+    (TOTAL_BUDGET / threads).clamp(MIN_PER_THREAD, MAX_PER_THREAD)
+}
+
+fn alloc_uncached(class: SizeClass) -> *mut u8 {
+    let chain = transfer_cache::remove(class, 1);
+    chain.head as *mut u8
+}
+
+/// # Safety
+/// `p` is a free object of `class`.
+unsafe fn free_uncached(p: *mut u8, class: SizeClass) {
+    let obj = p as *mut FreeObject;
+    // SAFETY: `p` is ours to link (caller's contract).
+    unsafe {
+        (*obj).next = ptr::null_mut();
+        crate::central_free_list::insert_range(class, obj, 1);
+    }
+}
+
+/// Brings an `UNINIT` cache to `ACTIVE`. Returns false if the cache cannot be used (torn
+/// down, being set up further up this thread's stack, or global set-up failed).
+#[cold]
+unsafe fn activate(tc: *mut ThreadCache) -> bool {
+    // SAFETY: `tc` is this thread's cache.
+    unsafe {
+        if (*tc).state != UNINIT || !crate::allocator::global_init() {
+            return false;
+        }
+        (*tc).state = INITIALIZING;
+        // May allocate (libc's second-level key table); such calls see INITIALIZING and bypass
+        // the cache.
+        libc::pthread_setspecific(crate::allocator::thread_key(), tc as *const libc::c_void);
+        ACTIVE_THREADS.fetch_add(1, Ordering::Relaxed);
+        (*tc).max_size = per_thread_budget();
+        crate::stats::register_thread(tc);
+        (*tc).state = ACTIVE;
+    }
+    true
+}
+
+/// The pthread key destructor: runs on a thread as it exits.
+pub extern "C" fn thread_exit(arg: *mut libc::c_void) {
+    let tc = arg as *mut ThreadCache;
+    // SAFETY: the key's value is this exiting thread's own cache, set in `activate`, and its
+    // TLS is still valid while key destructors run.
+    unsafe {
+        if tc != current() || (*tc).state != ACTIVE {
+            return;
+        }
+        (*tc).state = TORN_DOWN;
+        drain(tc);
+        for l in (*tc).lists.iter_mut() {
+            l.max_len = 0;
+        }
+        crate::stats::unregister_thread(tc);
+        ACTIVE_THREADS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
