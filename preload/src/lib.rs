@@ -1,0 +1,481 @@
+//! liboxmalloc.so: the C front of oxmalloc, a drop-in `malloc` for any Linux/glibc process.
+//!
+//! `LD_PRELOAD=liboxmalloc.so CMD` makes every `malloc` family call of CMD go to oxmalloc.
+//!
+//! Invariants:
+//! - Every export follows glibc/POSIX semantics: `errno` is `ENOMEM` on failure, alignment
+//!   arguments are checked as glibc checks them, element counts are overflow-checked, and
+//!   `realloc(p, 0)` frees `p` and returns null (glibc's choice).
+//! - No export allocates through the global allocator, panics or unwinds; a failure is a null
+//!   return, and misuse (a free of memory oxmalloc never handed out) is a one-line report and
+//!   `abort`, never a silently corrupted heap.
+//! - Only the symbols below are exported (rustc's version script for cdylibs hides the rest).
+//! - Whether this copy serves the process's `malloc` is decided once, by a constructor that asks
+//!   the dynamic linker which `malloc` the process resolves. When it does not (the library was
+//!   `dlopen`ed, e.g. by `ctypes.CDLL`), the exports still work on their own memory but refuse
+//!   foreign pointers with a report instead of aborting the host process.
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+use core::ffi::{c_int, c_void};
+use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
+use oxmalloc_core::allocator;
+use oxmalloc_core::hooks::StackBuf;
+use oxmalloc_core::os;
+
+/// Alignment every `malloc` result has (glibc's MALLOC_ALIGNMENT is 16; blocks of 8 bytes or
+/// less come from the 8-byte class, which is all a C object of that size can need).
+const MIN_ALIGN: usize = 8;
+
+/// True while this copy is the process's `malloc` (the normal, preloaded case).
+static SERVING: AtomicBool = AtomicBool::new(true);
+
+#[inline(always)]
+fn set_errno(e: c_int) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
+/// Decides once, at load time, whether this library is the process's `malloc`.
+extern "C" fn detect_serving() {
+    let name = c"malloc";
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name has no other preconditions.
+    let resolved = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    // The address of our own `malloc` may be bound through the GOT to whichever `malloc` the
+    // process uses, so compare the objects the two addresses live in instead.
+    SERVING.store(
+        !resolved.is_null() && object_base(resolved) == object_base(&SERVING as *const _ as *const c_void),
+        Ordering::Relaxed,
+    );
+}
+
+/// Load base of the shared object containing `addr` (null if none).
+fn object_base(addr: *const c_void) -> *mut c_void {
+    // SAFETY: Dl_info is plain data; dladdr only writes it.
+    let mut info: libc::Dl_info = unsafe { core::mem::zeroed() };
+    // SAFETY: `info` is a valid out-pointer; dladdr accepts any address.
+    if unsafe { libc::dladdr(addr, &mut info) } == 0 {
+        return ptr::null_mut();
+    }
+    info.dli_fbase
+}
+
+#[used]
+#[link_section = ".init_array"]
+static DETECT_SERVING: extern "C" fn() = detect_serving;
+
+/// Whether oxmalloc is serving this process's `malloc` (false when merely `dlopen`ed).
+#[no_mangle]
+pub extern "C" fn oxmalloc_is_active() -> c_int {
+    SERVING.load(Ordering::Relaxed) as c_int
+}
+
+/// A pointer oxmalloc does not know reached `free`/`realloc`.
+#[cold]
+#[inline(never)]
+fn foreign_pointer(func: &str, p: *mut c_void) {
+    use core::fmt::Write;
+    let mut b = StackBuf::<320>::new();
+    if SERVING.load(Ordering::Relaxed) {
+        let _ = writeln!(
+            b,
+            "oxmalloc: {func}({p:p}): pointer was not handed out by oxmalloc (foreign, interior, or already freed); aborting"
+        );
+        os::write_stderr(b.as_bytes());
+        // SAFETY: abort has no preconditions; going on would corrupt memory.
+        unsafe { libc::abort() }
+    }
+    let _ = writeln!(
+        b,
+        "oxmalloc: {func}({p:p}) refused: this liboxmalloc.so was loaded with dlopen and does not manage that memory"
+    );
+    os::write_stderr(b.as_bytes());
+}
+
+/// Whether `p` is the start of a block this allocator handed out and still considers live
+/// (`Small` class page, or the first page of a `Large` span).
+#[inline(always)]
+fn owns(p: *mut c_void) -> bool {
+    !allocator::class_of(p as *const u8).is_large() || allocator::usable_size(p as *const u8) != 0
+}
+
+#[inline(always)]
+fn malloc_aligned(size: usize, align: usize) -> *mut c_void {
+    if size > isize::MAX as usize {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    }
+    let p = allocator::alloc(size.max(1), align);
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p as *mut c_void
+}
+
+/// `malloc(3)`.
+#[no_mangle]
+pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    malloc_aligned(size, MIN_ALIGN)
+}
+
+/// `free(3)`.
+///
+/// # Safety
+/// `p` is null or a live block from this allocator.
+#[no_mangle]
+pub unsafe extern "C" fn free(p: *mut c_void) {
+    if p.is_null() {
+        return;
+    }
+    let class = allocator::class_of(p as *const u8);
+    if !class.is_large() {
+        // SAFETY: the pagemap places `p` in a small span of `class`; the caller says it is live.
+        unsafe { oxmalloc_core::thread_cache::free(p as *mut u8, class) };
+        return;
+    }
+    free_large(p);
+}
+
+#[cold]
+#[inline(never)]
+fn free_large(p: *mut c_void) {
+    if allocator::usable_size(p as *const u8) == 0 || !is_large_start(p) {
+        foreign_pointer("free", p);
+        return;
+    }
+    // SAFETY: `p` starts a live large span (checked just above).
+    unsafe { allocator::free_large(p as *mut u8) }
+}
+
+fn is_large_start(p: *mut c_void) -> bool {
+    let s = oxmalloc_core::pagemap::span_of(oxmalloc_core::types::PageId::containing(p as usize));
+    // SAFETY: pagemap entries point at valid span records.
+    !s.is_null() && unsafe { (*s).start_addr() } == p as usize
+}
+
+/// `calloc(3)`: overflow-checked, zeroed.
+#[no_mangle]
+pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    let Some(total) = n.checked_mul(size).filter(|&t| t <= isize::MAX as usize) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    let p = allocator::alloc_zeroed(total.max(1), MIN_ALIGN);
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p as *mut c_void
+}
+
+/// `realloc(3)`, with glibc's `realloc(p, 0)`: free `p`, return null.
+///
+/// # Safety
+/// `p` is null or a live block from this allocator.
+#[no_mangle]
+pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    if p.is_null() {
+        return malloc(size);
+    }
+    if size == 0 {
+        // SAFETY: forwarded contract.
+        unsafe { free(p) };
+        return ptr::null_mut();
+    }
+    if size > isize::MAX as usize {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    }
+    if !owns(p) || (allocator::class_of(p as *const u8).is_large() && !is_large_start(p)) {
+        foreign_pointer("realloc", p);
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    let class = allocator::class_of(p as *const u8);
+    let old = allocator::usable_size(p as *const u8);
+    if !class.is_large() {
+        // Keep the block when the new size fits and does not waste more than half of it.
+        if size <= old && size * 2 >= old.min(class.size()) {
+            return p;
+        }
+    } else if size > oxmalloc_core::size_class::MAX_SMALL_SIZE {
+        // SAFETY: `p` starts a live large span (checked above).
+        if unsafe { allocator::resize_large_in_place(p as *mut u8, size) } {
+            return p;
+        }
+    }
+    let q = malloc(size);
+    if !q.is_null() {
+        // SAFETY: both blocks are live and distinct; `old` bytes of `p` are readable.
+        unsafe {
+            ptr::copy_nonoverlapping(p as *const u8, q as *mut u8, old.min(size));
+            free(p);
+        }
+    }
+    q
+}
+
+/// `reallocarray(3)`: `realloc(p, n * size)` with an overflow check.
+///
+/// # Safety
+/// As for `realloc`.
+#[no_mangle]
+pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
+    match n.checked_mul(size) {
+        // SAFETY: forwarded contract.
+        Some(total) => unsafe { realloc(p, total) },
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// `memalign(3)`: like glibc, an alignment that is not a power of two is rounded up to one,
+/// and one below the minimum is raised to it.
+#[no_mangle]
+pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    let align = match align.max(MIN_ALIGN).checked_next_power_of_two() {
+        Some(a) if a <= isize::MAX as usize / 2 + 1 => a,
+        _ => {
+            set_errno(libc::EINVAL);
+            return ptr::null_mut();
+        }
+    };
+    if size > isize::MAX as usize - align {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    }
+    malloc_aligned(size, align)
+}
+
+/// `aligned_alloc(3)`: the alignment must be a power of two (EINVAL otherwise, as C17 and
+/// current glibc require).
+#[no_mangle]
+pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    memalign(align, size)
+}
+
+/// `posix_memalign(3)`: EINVAL unless `align` is a power of two multiple of `sizeof(void *)`;
+/// ENOMEM when memory is short; `*out` is left untouched on failure.
+///
+/// # Safety
+/// `out` is a valid pointer to write the result to.
+#[no_mangle]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    if !align.is_power_of_two() || align % core::mem::size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    let saved = errno();
+    let p = memalign(align, size);
+    if p.is_null() {
+        set_errno(saved);
+        return libc::ENOMEM;
+    }
+    // SAFETY: the caller passes a valid out-pointer.
+    unsafe { *out = p };
+    0
+}
+
+fn errno() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
+}
+
+/// `valloc(3)`: page-aligned.
+#[no_mangle]
+pub extern "C" fn valloc(size: usize) -> *mut c_void {
+    memalign(os_page_size(), size)
+}
+
+/// `pvalloc(3)`: page-aligned, size rounded up to whole pages (one page for 0).
+#[no_mangle]
+pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    let page = os_page_size();
+    let Some(rounded) = size.max(1).checked_next_multiple_of(page) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    memalign(page, rounded)
+}
+
+fn os_page_size() -> usize {
+    4096
+}
+
+/// `malloc_usable_size(3)`: bytes usable at `p` (at least what was requested); 0 for null.
+#[no_mangle]
+pub extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    allocator::usable_size(p as *const u8)
+}
+
+/// `cfree`: an old name for `free`.
+///
+/// # Safety
+/// As for `free`.
+#[no_mangle]
+pub unsafe extern "C" fn cfree(p: *mut c_void) {
+    // SAFETY: forwarded contract.
+    unsafe { free(p) }
+}
+
+/// C23 `free_sized`.
+///
+/// # Safety
+/// As for `free`.
+#[no_mangle]
+pub unsafe extern "C" fn free_sized(p: *mut c_void, _size: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { free(p) }
+}
+
+/// C23 `free_aligned_sized`.
+///
+/// # Safety
+/// As for `free`.
+#[no_mangle]
+pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, _align: usize, _size: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { free(p) }
+}
+
+/// `malloc_trim(3)`: returns free memory to the OS; 1 if any was released.
+#[no_mangle]
+pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    (oxmalloc_core::release_free_memory() > 0) as c_int
+}
+
+/// `mallopt(3)`: glibc's tuning knobs do not apply; accepted and ignored.
+#[no_mangle]
+pub extern "C" fn mallopt(_param: c_int, _value: c_int) -> c_int {
+    1
+}
+
+/// glibc's `struct mallinfo2`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub struct MallInfo2 {
+    pub arena: usize,
+    pub ordblks: usize,
+    pub smblks: usize,
+    pub hblks: usize,
+    pub hblkhd: usize,
+    pub usmblks: usize,
+    pub fsmblks: usize,
+    pub uordblks: usize,
+    pub fordblks: usize,
+    pub keepcost: usize,
+}
+
+/// glibc's `struct mallinfo` (int fields, saturated).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub struct MallInfo {
+    pub arena: c_int,
+    pub ordblks: c_int,
+    pub smblks: c_int,
+    pub hblks: c_int,
+    pub hblkhd: c_int,
+    pub usmblks: c_int,
+    pub fsmblks: c_int,
+    pub uordblks: c_int,
+    pub fordblks: c_int,
+    pub keepcost: c_int,
+}
+
+/// `mallinfo2(3)`: `arena` = mapped bytes, `uordblks` = bytes in use, `fordblks` = free bytes
+/// held (caches and free page runs), `hblks`/`hblkhd` = large allocations and their bytes,
+/// `keepcost` = free bytes already returned to the OS.
+#[no_mangle]
+pub extern "C" fn mallinfo2() -> MallInfo2 {
+    let h = oxmalloc_core::page_heap::lock().stats;
+    let mapped = h.mapped_bytes;
+    let free = (h.free_pages + h.returned_pages) * oxmalloc_core::types::PAGE_SIZE;
+    MallInfo2 {
+        arena: mapped,
+        hblks: h.large_spans,
+        hblkhd: h.large_pages * oxmalloc_core::types::PAGE_SIZE,
+        uordblks: mapped - free,
+        fordblks: free,
+        keepcost: h.returned_pages * oxmalloc_core::types::PAGE_SIZE,
+        ..MallInfo2::default()
+    }
+}
+
+/// `mallinfo(3)`: [`mallinfo2`] with fields saturated to `int`.
+#[no_mangle]
+pub extern "C" fn mallinfo() -> MallInfo {
+    let m = mallinfo2();
+    let c = |v: usize| v.min(c_int::MAX as usize) as c_int;
+    MallInfo {
+        arena: c(m.arena),
+        ordblks: c(m.ordblks),
+        smblks: c(m.smblks),
+        hblks: c(m.hblks),
+        hblkhd: c(m.hblkhd),
+        usmblks: c(m.usmblks),
+        fsmblks: c(m.fsmblks),
+        uordblks: c(m.uordblks),
+        fordblks: c(m.fordblks),
+        keepcost: c(m.keepcost),
+    }
+}
+
+/// `malloc_stats(3)`: prints a summary to standard error.
+#[no_mangle]
+pub extern "C" fn malloc_stats() {
+    use core::fmt::Write;
+    let m = mallinfo2();
+    let mut b = StackBuf::<512>::new();
+    let _ = writeln!(
+        b,
+        "oxmalloc: mapped {} bytes, in use (incl. caches) {} bytes, free {} bytes ({} returned to the OS), {} large allocations ({} bytes)",
+        m.arena, m.uordblks, m.fordblks, m.keepcost, m.hblks, m.hblkhd
+    );
+    os::write_stderr(b.as_bytes());
+}
+
+/// glibc's internal entry points, which some programs and libraries call directly.
+#[no_mangle]
+pub extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
+    malloc(size)
+}
+
+/// # Safety
+/// As for `free`.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_free(p: *mut c_void) {
+    // SAFETY: forwarded contract.
+    unsafe { free(p) }
+}
+
+#[no_mangle]
+pub extern "C" fn __libc_calloc(n: usize, size: usize) -> *mut c_void {
+    calloc(n, size)
+}
+
+/// # Safety
+/// As for `realloc`.
+#[no_mangle]
+pub unsafe extern "C" fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: forwarded contract.
+    unsafe { realloc(p, size) }
+}
+
+#[no_mangle]
+pub extern "C" fn __libc_memalign(align: usize, size: usize) -> *mut c_void {
+    memalign(align, size)
+}
+
+/// `oxmalloc_release_free_memory`: returns free memory to the OS; the bytes released.
+#[no_mangle]
+pub extern "C" fn oxmalloc_release_free_memory() -> usize {
+    oxmalloc_core::release_free_memory()
+}
