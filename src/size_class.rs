@@ -38,12 +38,15 @@ impl SizeClass {
     /// Object size of this class in bytes.
     #[inline(always)]
     pub fn size(self) -> usize {
-        CLASS_INFO[self.index()].size as usize
+        self.info().size as usize
     }
 
     #[inline(always)]
     pub fn info(self) -> &'static ClassInfo {
-        &CLASS_INFO[self.index()]
+        debug_assert!(self.index() < NUM_CLASSES);
+        // SAFETY: a SizeClass only ever holds an index below NUM_CLASSES: they are made by the
+        // lookup tables, which hold such indices, or by loops bounded by NUM_CLASSES.
+        unsafe { CLASS_INFO.get_unchecked(self.index()) }
     }
 }
 

@@ -1,7 +1,7 @@
 //! Statistics: counters kept where the work happens, gathered into a snapshot on demand.
 //!
 //! Invariants:
-//! - Fast-path counters live in the thread's own cache and are updated with a relaxed load and
+//! - Fast-path counters live in the thread's own cache lists and are updated with a relaxed load and
 //!   store (no read-modify-write, no shared cache line), so counting costs a plain add.
 //! - Other threads read them only while the owning thread is registered (the registry lock is
 //!   held across the read and the owner unregisters under it before its TLS goes away).
@@ -45,12 +45,9 @@ impl Default for LocalCounter {
     }
 }
 
-/// Per-thread operation counts by size class.
+/// A thread cache's links in the registry of live caches (its counters live in its lists).
 #[repr(C)]
 pub struct ThreadStats {
-    pub allocs: [LocalCounter; NUM_CLASSES],
-    pub frees: [LocalCounter; NUM_CLASSES],
-    /// Registry links.
     pub next: *mut ThreadCache,
     pub prev: *mut ThreadCache,
 }
@@ -58,8 +55,6 @@ pub struct ThreadStats {
 impl ThreadStats {
     pub const fn new() -> Self {
         ThreadStats {
-            allocs: [const { LocalCounter::new() }; NUM_CLASSES],
-            frees: [const { LocalCounter::new() }; NUM_CLASSES],
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
         }
@@ -112,9 +107,9 @@ pub unsafe fn unregister_thread(tc: *mut ThreadCache) {
     let mut r = REGISTRY.lock();
     // SAFETY: as in register_thread.
     unsafe {
-        for c in 0..NUM_CLASSES {
-            RETIRED_ALLOCS[c].fetch_add((*tc).stats.allocs[c].get() as u64, Ordering::Relaxed);
-            RETIRED_FREES[c].fetch_add((*tc).stats.frees[c].get() as u64, Ordering::Relaxed);
+        for (c, list) in (*tc).lists.iter().enumerate() {
+            RETIRED_ALLOCS[c].fetch_add(list.allocs.get() as u64, Ordering::Relaxed);
+            RETIRED_FREES[c].fetch_add(list.frees.get() as u64, Ordering::Relaxed);
         }
         let (p, n) = ((*tc).stats.prev, (*tc).stats.next);
         if p.is_null() {
@@ -148,9 +143,9 @@ pub fn op_counts(allocs: &mut [u64; NUM_CLASSES], frees: &mut [u64; NUM_CLASSES]
         frees[c] = RETIRED_FREES[c].load(Ordering::Relaxed);
     }
     for_each_thread(|tc| {
-        for c in 0..NUM_CLASSES {
-            allocs[c] += tc.stats.allocs[c].get() as u64;
-            frees[c] += tc.stats.frees[c].get() as u64;
+        for (c, list) in tc.lists.iter().enumerate() {
+            allocs[c] += list.allocs.get() as u64;
+            frees[c] += list.frees.get() as u64;
         }
     });
 }

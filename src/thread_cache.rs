@@ -7,7 +7,8 @@
 //!   objects; in every other state every list is empty with `max_len == 0`, so the inlined fast
 //!   paths fall through to the slow paths, which then go straight to the central layers.
 //! - `lists[c].len` counts the objects on `lists[c]`, and `len <= max_len` after every
-//!   operation. `size` = sum over classes of `len * class_size`.
+//!   operation. `budget` = `max_size` - sum over classes of `len * class_size`; a free that
+//!   drives it negative scavenges.
 //! - At thread exit a pthread key destructor hands every object back (no memory is stranded in
 //!   dead threads) and marks the cache `TORN_DOWN`; later calls on that thread bypass it.
 //! - The hit paths take no lock and use no atomic instruction.
@@ -36,25 +37,45 @@ const MAX_LIST_LEN: u32 = 8192;
 #[repr(C)]
 pub struct FreeList {
     head: *mut FreeObject,
-    len: u32,
+    /// Objects on the list (read by statistics from other threads).
+    len: LocalCounter,
     max_len: u32,
+    /// The class's object size, kept here so the hit paths touch one cache line.
+    obj_size: u32,
     overflows: u32,
+    /// Lifetime operation counts for this class on this thread.
+    pub allocs: LocalCounter,
+    pub frees: LocalCounter,
 }
 
 impl FreeList {
     const EMPTY: FreeList = FreeList {
         head: ptr::null_mut(),
-        len: 0,
+        len: LocalCounter::new(),
         max_len: 0,
+        obj_size: 0,
         overflows: 0,
+        allocs: LocalCounter::new(),
+        frees: LocalCounter::new(),
     };
+
+    /// Objects on the list.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len.get()
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 
     /// Detaches the first `n` objects (`n <= len`) as a chain.
     ///
     /// # Safety
     /// The list's objects are valid free objects.
     unsafe fn pop_chain(&mut self, n: usize) -> Chain {
-        debug_assert!(n >= 1 && n <= self.len as usize);
+        debug_assert!(n >= 1 && n <= self.len());
         let head = self.head;
         let mut tail = head;
         for _ in 1..n {
@@ -66,7 +87,7 @@ impl FreeList {
             self.head = (*tail).next;
             (*tail).next = ptr::null_mut();
         }
-        self.len -= n as u32;
+        self.len.sub(n);
         Chain {
             head,
             tail,
@@ -77,8 +98,10 @@ impl FreeList {
 
 #[repr(C)]
 pub struct ThreadCache {
-    lists: [FreeList; NUM_CLASSES],
-    size: LocalCounter,
+    pub lists: [FreeList; NUM_CLASSES],
+    /// Bytes the cache may still take before it must scavenge: `max_size - cached bytes`,
+    /// stored as a wrapping `usize` and read as signed; negative means over budget.
+    budget: LocalCounter,
     max_size: usize,
     state: u8,
     pub stats: ThreadStats,
@@ -88,7 +111,7 @@ impl ThreadCache {
     const fn new() -> ThreadCache {
         ThreadCache {
             lists: [FreeList::EMPTY; NUM_CLASSES],
-            size: LocalCounter::new(),
+            budget: LocalCounter::new(),
             max_size: 0,
             state: UNINIT,
             stats: ThreadStats::new(),
@@ -97,7 +120,12 @@ impl ThreadCache {
 
     /// Bytes of free objects this cache holds.
     pub fn cached_bytes(&self) -> usize {
-        self.size.get()
+        self.max_size.wrapping_sub(self.budget.get())
+    }
+
+    #[inline(always)]
+    fn over_budget(&self) -> bool {
+        (self.budget.get() as isize) < 0
     }
 }
 
@@ -108,10 +136,62 @@ thread_local! {
 /// Threads with an active cache.
 pub static ACTIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
 
+/// Offset of the cache from the thread pointer when this code's TLS block is static (the
+/// library was loaded at start-up, e.g. by LD_PRELOAD), or 0 when unknown. Static TLS blocks
+/// sit at the same offset from the thread pointer in every thread, which is what lets the
+/// shared library skip `__tls_get_addr` on the hit paths.
+static STATIC_TLS_OFFSET: AtomicUsize = AtomicUsize::new(0);
+
+#[inline(always)]
+fn thread_pointer() -> usize {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        let tp: usize;
+        // SAFETY: on x86-64 Linux the first word of the TCB, at %fs:0, holds the thread
+        // pointer itself; reading it has no side effects.
+        unsafe {
+            core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp,
+                options(nostack, readonly, preserves_flags, pure));
+        }
+        tp
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        0
+    }
+}
+
+#[inline(always)]
+fn current_slow_route() -> *mut ThreadCache {
+    CACHE.with(|c| c.get())
+}
+
 /// This thread's cache.
 #[inline(always)]
 pub fn current() -> *mut ThreadCache {
-    CACHE.with(|c| c.get())
+    let off = STATIC_TLS_OFFSET.load(Ordering::Relaxed);
+    if off != 0 {
+        return thread_pointer().wrapping_add(off) as *mut ThreadCache;
+    }
+    current_slow_route()
+}
+
+/// Declares that this code's TLS is static (loaded at process start-up, never by `dlopen`),
+/// so the hit paths may find the cache from the thread pointer. The offset is checked again on
+/// every thread's first slow-path call, and the fast route is dropped if it ever disagrees.
+pub fn use_static_tls() {
+    if cfg!(all(target_arch = "x86_64", target_os = "linux")) {
+        let off = (current_slow_route() as usize).wrapping_sub(thread_pointer());
+        STATIC_TLS_OFFSET.store(off, Ordering::Relaxed);
+    }
+}
+
+/// Checks the static TLS offset on this thread; turns the fast route off if it is wrong.
+fn verify_static_tls() {
+    let off = STATIC_TLS_OFFSET.load(Ordering::Relaxed);
+    if off != 0 && thread_pointer().wrapping_add(off) != current_slow_route() as usize {
+        STATIC_TLS_OFFSET.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Allocates an object of `class`; null only when memory is exhausted.
@@ -125,9 +205,9 @@ pub fn alloc(class: SizeClass) -> *mut u8 {
         let head = list.head;
         if !head.is_null() {
             list.head = (*head).next;
-            list.len -= 1;
-            (*tc).size.sub(class.size());
-            (*tc).stats.allocs.get_unchecked(class.index()).add(1);
+            list.len.sub(1);
+            (*tc).budget.add(list.obj_size as usize);
+            list.allocs.add(1);
             return head as *mut u8;
         }
         alloc_slow(tc, class)
@@ -144,14 +224,14 @@ pub unsafe fn free(p: *mut u8, class: SizeClass) {
     // SAFETY: `tc` is this thread's cache; `p` is a free object of `class` (caller's contract).
     unsafe {
         let list = (*tc).lists.get_unchecked_mut(class.index());
-        if list.len < list.max_len {
+        if list.len() < list.max_len as usize {
             let obj = p as *mut FreeObject;
             (*obj).next = list.head;
             list.head = obj;
-            list.len += 1;
-            (*tc).size.add(class.size());
-            (*tc).stats.frees.get_unchecked(class.index()).add(1);
-            if (*tc).size.get() > (*tc).max_size {
+            list.len.add(1);
+            list.frees.add(1);
+            (*tc).budget.sub(list.obj_size as usize);
+            if (*tc).over_budget() {
                 scavenge(tc);
             }
             return;
@@ -186,10 +266,10 @@ unsafe fn alloc_slow(tc: *mut ThreadCache, class: SizeClass) -> *mut u8 {
         if chain.count > 1 {
             (*chain.tail).next = list.head;
             list.head = (*obj).next;
-            list.len += chain.count as u32 - 1;
-            (*tc).size.add((chain.count - 1) * info.size as usize);
+            list.len.add(chain.count - 1);
+            (*tc).budget.sub((chain.count - 1) * info.size as usize);
         }
-        (*tc).stats.allocs.get_unchecked(class.index()).add(1);
+        list.allocs.add(1);
         obj as *mut u8
     }
 }
@@ -208,18 +288,18 @@ unsafe fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
         if (*tc).state != ACTIVE && !activate(tc) {
             return free_uncached(p, class);
         }
-        (*tc).stats.frees.get_unchecked(class.index()).add(1);
         let batch = class.info().batch;
         let list = &mut (*tc).lists[class.index()];
+        list.frees.add(1);
         let obj = p as *mut FreeObject;
         (*obj).next = list.head;
         list.head = obj;
-        list.len += 1;
-        (*tc).size.add(class.size());
+        list.len.add(1);
+        (*tc).budget.sub(class.size());
         if list.max_len < batch {
             // Still in slow start: let the list grow by one instead of releasing.
             list.max_len += 1;
-            if list.len <= list.max_len {
+            if list.len() <= list.max_len as usize {
                 return;
             }
         } else {
@@ -229,9 +309,9 @@ unsafe fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
                 list.overflows = 0;
             }
         }
-        let n = (list.len as usize).min(batch as usize);
+        let n = list.len().min(batch as usize);
         let chain = list.pop_chain(n);
-        (*tc).size.sub(n * class.size());
+        (*tc).budget.add(n * class.size());
         transfer_cache::insert(class, chain);
     }
 }
@@ -242,20 +322,20 @@ unsafe fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
 unsafe fn scavenge(tc: *mut ThreadCache) {
     // SAFETY: `tc` is this thread's cache.
     unsafe {
-        (*tc).max_size = per_thread_budget();
+        set_max_size(tc, per_thread_budget());
         for c in 1..NUM_CLASSES {
             let class = SizeClass(c as u8);
             let list = &mut (*tc).lists[c];
-            let mut drop = list.len as usize / 2;
+            let mut drop = list.len() / 2;
             let batch = class.info().batch as usize;
             while drop > 0 {
                 let n = drop.min(batch);
                 let chain = list.pop_chain(n);
-                (*tc).size.sub(n * class.size());
+                (*tc).budget.add(n * class.size());
                 transfer_cache::insert(class, chain);
                 drop -= n;
             }
-            list.max_len = list.max_len.min(list.len.max(1));
+            list.max_len = list.max_len.min(list.len().max(1) as u32);
         }
     }
 }
@@ -272,14 +352,14 @@ pub unsafe fn drain(tc: *mut ThreadCache) -> usize {
             let class = SizeClass(c as u8);
             let batch = class.info().batch as usize;
             let list = &mut (*tc).lists[c];
-            while list.len > 0 {
-                let n = (list.len as usize).min(batch);
+            while !list.is_empty() {
+                let n = list.len().min(batch);
                 let chain = list.pop_chain(n);
                 transfer_cache::insert(class, chain);
                 bytes += n * class.size();
             }
         }
-        (*tc).size.set(0);
+        (*tc).budget.set((*tc).max_size);
     }
     bytes
 }
@@ -293,6 +373,19 @@ pub fn drain_current() -> usize {
             return 0;
         }
         drain(tc)
+    }
+}
+
+/// Changes the cache's byte budget, keeping `budget = max_size - cached`.
+///
+/// # Safety
+/// `tc` is the calling thread's cache.
+unsafe fn set_max_size(tc: *mut ThreadCache, max: usize) {
+    // SAFETY: `tc` is this thread's cache.
+    unsafe {
+        let cached = (*tc).cached_bytes();
+        (*tc).max_size = max;
+        (*tc).budget.set(max.wrapping_sub(cached));
     }
 }
 
@@ -326,12 +419,16 @@ unsafe fn activate(tc: *mut ThreadCache) -> bool {
         if (*tc).state != UNINIT || !crate::allocator::global_init() {
             return false;
         }
+        verify_static_tls();
         (*tc).state = INITIALIZING;
         // May allocate (libc's second-level key table); such calls see INITIALIZING and bypass
         // the cache.
         libc::pthread_setspecific(crate::allocator::thread_key(), tc as *const libc::c_void);
         ACTIVE_THREADS.fetch_add(1, Ordering::Relaxed);
-        (*tc).max_size = per_thread_budget();
+        for (c, list) in (*tc).lists.iter_mut().enumerate().skip(1) {
+            list.obj_size = SizeClass(c as u8).size() as u32;
+        }
+        set_max_size(tc, per_thread_budget());
         crate::stats::register_thread(tc);
         (*tc).state = ACTIVE;
     }

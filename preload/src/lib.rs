@@ -44,10 +44,13 @@ extern "C" fn detect_serving() {
     let resolved = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
     // The address of our own `malloc` may be bound through the GOT to whichever `malloc` the
     // process uses, so compare the objects the two addresses live in instead.
-    SERVING.store(
-        !resolved.is_null() && object_base(resolved) == object_base(&SERVING as *const _ as *const c_void),
-        Ordering::Relaxed,
-    );
+    let serving = !resolved.is_null()
+        && object_base(resolved) == object_base(&SERVING as *const _ as *const c_void);
+    SERVING.store(serving, Ordering::Relaxed);
+    if serving {
+        // Serving malloc means we were loaded at start-up, so our TLS block is static.
+        oxmalloc_core::thread_cache::use_static_tls();
+    }
 }
 
 /// Load base of the shared object containing `addr` (null if none).
