@@ -95,7 +95,7 @@ unsafe fn unlock_after_fork() {
 pub fn alloc(size: usize, align: usize) -> *mut u8 {
     let class = class_for(size, align);
     if !class.is_large() {
-        return thread_cache::alloc(class);
+        return thread_cache::alloc(class, size);
     }
     alloc_large(size, align, false)
 }
@@ -105,7 +105,7 @@ pub fn alloc(size: usize, align: usize) -> *mut u8 {
 pub fn alloc_zeroed(size: usize, align: usize) -> *mut u8 {
     let class = class_for(size, align);
     if !class.is_large() {
-        let p = thread_cache::alloc(class);
+        let p = thread_cache::alloc(class, size);
         if !p.is_null() {
             // SAFETY: `p` is a fresh object of at least `size` bytes.
             unsafe { ptr::write_bytes(p, 0, size) };
@@ -125,13 +125,12 @@ pub fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     if size > isize::MAX as usize {
         return ptr::null_mut();
     }
-    let s = page_heap::lock().alloc_large(n, align.max(PAGE_SIZE));
+    let s = page_heap::lock().alloc_large(n, align.max(PAGE_SIZE), size);
     if s.is_null() {
         return ptr::null_mut();
     }
     // SAFETY: `s` is a fresh large span handed to us alone.
     unsafe {
-        (*s).allocated = size;
         let p = (*s).start_addr() as *mut u8;
         if zero && !(*s).zeroed {
             ptr::write_bytes(p, 0, size);
@@ -257,7 +256,7 @@ pub unsafe fn resize_large_in_place(p: *mut u8, new_size: usize) -> bool {
             heap.grow_large(s, n)
         };
         if ok {
-            (*s).allocated = new_size;
+            heap.set_large_requested(s, new_size);
         }
         ok
     }

@@ -74,6 +74,13 @@ unsafe impl GlobalAlloc for OxMalloc {
     }
 }
 
+pub use stats::Stats;
+
+/// A snapshot of the allocator's statistics (see `docs/stats.md`). Does not allocate.
+pub fn stats() -> Stats {
+    stats::snapshot()
+}
+
 /// Returns all free memory it can to the OS (including the calling thread's cache); returns the
 /// number of bytes released.
 pub fn release_free_memory() -> usize {

@@ -48,6 +48,14 @@ pub struct PageHeapStats {
     pub small_span_pages: usize,
     pub large_pages: usize,
     pub large_spans: usize,
+    /// Bytes the program asked for in its live large allocations.
+    pub large_requested_bytes: usize,
+    /// Lifetime counts of large allocations and frees, and bytes requested by them.
+    pub large_allocs_total: usize,
+    pub large_frees_total: usize,
+    pub large_bytes_total: usize,
+    /// Highest `small_span_pages + large_pages` seen.
+    pub peak_active_pages: usize,
     pub released_bytes_total: usize,
 }
 
@@ -71,6 +79,11 @@ impl PageHeap {
                 small_span_pages: 0,
                 large_pages: 0,
                 large_spans: 0,
+                large_requested_bytes: 0,
+                large_allocs_total: 0,
+                large_frees_total: 0,
+                large_bytes_total: 0,
+                peak_active_pages: 0,
                 released_bytes_total: 0,
             },
         }
@@ -78,7 +91,8 @@ impl PageHeap {
 
     fn new_record(&mut self) -> *mut Span {
         let s = if self.pool.is_null() {
-            metadata::alloc(core::mem::size_of::<Span>(), core::mem::align_of::<Span>()) as *mut Span
+            metadata::alloc(core::mem::size_of::<Span>(), core::mem::align_of::<Span>())
+                as *mut Span
         } else {
             let s = self.pool;
             // SAFETY: pool records are valid, unused span records.
@@ -286,9 +300,21 @@ impl PageHeap {
         s
     }
 
-    /// A span of `n` pages whose start is a multiple of `align` bytes, for one large allocation.
-    pub fn alloc_large(&mut self, n: Length, align: usize) -> *mut Span {
-        let extra = if align > PAGE_SIZE { align / PAGE_SIZE - 1 } else { 0 };
+    fn note_active(&mut self) {
+        let active = self.stats.small_span_pages + self.stats.large_pages;
+        if active > self.stats.peak_active_pages {
+            self.stats.peak_active_pages = active;
+        }
+    }
+
+    /// A span of `n` pages whose start is a multiple of `align` bytes, for one large allocation
+    /// of `requested` bytes.
+    pub fn alloc_large(&mut self, n: Length, align: usize, requested: usize) -> *mut Span {
+        let extra = if align > PAGE_SIZE {
+            align / PAGE_SIZE - 1
+        } else {
+            0
+        };
         let Some(total) = n.0.checked_add(extra) else {
             return ptr::null_mut();
         };
@@ -323,9 +349,14 @@ impl PageHeap {
             (*s).state = SpanState::Large;
             (*s).class = SizeClass::LARGE;
             pagemap::set_ends(s);
+            (*s).allocated = requested;
             self.stats.large_pages += n.0;
             self.stats.large_spans += 1;
+            self.stats.large_requested_bytes += requested;
+            self.stats.large_allocs_total += 1;
+            self.stats.large_bytes_total += requested;
         }
+        self.note_active();
         s
     }
 
@@ -349,6 +380,7 @@ impl PageHeap {
             pagemap::set_range((*s).start, n, s, class);
         }
         self.stats.small_span_pages += n.0;
+        self.note_active();
         s
     }
 
@@ -369,6 +401,8 @@ impl PageHeap {
                 pagemap::set((*s).last_page(), ptr::null_mut(), SizeClass::LARGE);
                 self.stats.large_pages -= len.0;
                 self.stats.large_spans -= 1;
+                self.stats.large_requested_bytes -= (*s).allocated;
+                self.stats.large_frees_total += 1;
             }
             (*s).state = SpanState::Free;
             (*s).free_objects = ptr::null_mut();
@@ -429,6 +463,56 @@ impl PageHeap {
             self.free_record(next);
         }
         true
+    }
+
+    /// Records that large span `s` now holds a block of `requested` bytes (after a resize).
+    ///
+    /// # Safety
+    /// `s` is a valid `Large` span.
+    pub unsafe fn set_large_requested(&mut self, s: *mut Span, requested: usize) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            self.stats.large_requested_bytes -= (*s).allocated;
+            self.stats.large_requested_bytes += requested;
+            if requested > (*s).allocated {
+                self.stats.large_bytes_total += requested - (*s).allocated;
+            }
+            (*s).allocated = requested;
+        }
+        self.note_active();
+    }
+
+    /// Counts free runs by length into `hist` (index = pages for runs up to `MAX_LISTED`, then
+    /// one bucket per power of two above it: index `MAX_LISTED + k` holds runs of
+    /// `(MAX_LISTED << (k-1), MAX_LISTED << k]` pages). Returns the longest free run in pages.
+    pub fn free_runs(&self, resident: &mut [usize], released: &mut [usize]) -> usize {
+        let mut longest = 0;
+        for len in 1..=MAX_LISTED {
+            if len < resident.len() {
+                resident[len] = self.free[len].len();
+                released[len] = self.returned[len].len();
+            }
+            if !self.free[len].is_empty() || !self.returned[len].is_empty() {
+                longest = len;
+            }
+        }
+        for (list, hist) in [
+            (&self.long_free, &mut *resident),
+            (&self.long_returned, &mut *released),
+        ] {
+            let mut s = list.first();
+            while !s.is_null() {
+                // SAFETY: spans in our lists are valid.
+                let len = unsafe { (*s).len.0 };
+                longest = longest.max(len);
+                let k = (usize::BITS - ((len - 1) / MAX_LISTED).leading_zeros()) as usize;
+                let i = (MAX_LISTED + k).min(hist.len() - 1);
+                hist[i] += 1;
+                // SAFETY: as above.
+                s = unsafe { (*s).next };
+            }
+        }
+        longest
     }
 
     /// Releases every resident free span to the OS. Returns the bytes released.

@@ -68,7 +68,9 @@ pub fn class_of(addr: usize) -> SizeClass {
         return SizeClass::LARGE;
     }
     // SAFETY: installed leaves are never freed; the index is masked into range.
-    SizeClass(unsafe { (*l).classes.get_unchecked(page.0 & (LEAF_LEN - 1)) }.load(Ordering::Relaxed))
+    SizeClass(
+        unsafe { (*l).classes.get_unchecked(page.0 & (LEAF_LEN - 1)) }.load(Ordering::Relaxed),
+    )
 }
 
 /// Makes sure leaves exist for every page of `[start, start + len)`. Page heap lock held.

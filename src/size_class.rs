@@ -298,7 +298,11 @@ mod tests {
             let bytes = info.pages as usize * PAGE_SIZE;
             assert!(info.objects_per_span >= 1);
             assert!(info.batch >= 2 && info.batch <= 64);
-            assert!((bytes % info.size as usize) * 8 <= bytes, "class {}", info.size);
+            assert!(
+                (bytes % info.size as usize) * 8 <= bytes,
+                "class {}",
+                info.size
+            );
         }
     }
 

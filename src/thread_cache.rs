@@ -46,6 +46,8 @@ pub struct FreeList {
     /// Lifetime operation counts for this class on this thread.
     pub allocs: LocalCounter,
     pub frees: LocalCounter,
+    /// Lifetime bytes requested from this class on this thread (before rounding).
+    pub requested: LocalCounter,
 }
 
 impl FreeList {
@@ -57,6 +59,7 @@ impl FreeList {
         overflows: 0,
         allocs: LocalCounter::new(),
         frees: LocalCounter::new(),
+        requested: LocalCounter::new(),
     };
 
     /// Objects on the list.
@@ -194,9 +197,10 @@ fn verify_static_tls() {
     }
 }
 
-/// Allocates an object of `class`; null only when memory is exhausted.
+/// Allocates an object of `class` for a request of `size` bytes; null only when memory is
+/// exhausted.
 #[inline(always)]
-pub fn alloc(class: SizeClass) -> *mut u8 {
+pub fn alloc(class: SizeClass, size: usize) -> *mut u8 {
     let tc = current();
     // SAFETY: `tc` is this thread's cache; nothing else touches it. The list's objects are
     // valid free objects of `class`.
@@ -208,9 +212,10 @@ pub fn alloc(class: SizeClass) -> *mut u8 {
             list.len.sub(1);
             (*tc).budget.add(list.obj_size as usize);
             list.allocs.add(1);
+            list.requested.add(size);
             return head as *mut u8;
         }
-        alloc_slow(tc, class)
+        alloc_slow(tc, class, size)
     }
 }
 
@@ -242,7 +247,7 @@ pub unsafe fn free(p: *mut u8, class: SizeClass) {
 
 #[cold]
 #[inline(never)]
-unsafe fn alloc_slow(tc: *mut ThreadCache, class: SizeClass) -> *mut u8 {
+unsafe fn alloc_slow(tc: *mut ThreadCache, class: SizeClass, size: usize) -> *mut u8 {
     // SAFETY: `tc` is this thread's cache.
     unsafe {
         if (*tc).state != ACTIVE && !activate(tc) {
@@ -270,6 +275,7 @@ unsafe fn alloc_slow(tc: *mut ThreadCache, class: SizeClass) -> *mut u8 {
             (*tc).budget.sub((chain.count - 1) * info.size as usize);
         }
         list.allocs.add(1);
+        list.requested.add(size);
         obj as *mut u8
     }
 }

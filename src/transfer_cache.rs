@@ -90,9 +90,7 @@ pub fn drain_all() {
                 tc.slots[tc.used]
             };
             // SAFETY: stored chains hold whole batches of free objects of this class.
-            unsafe {
-                central_free_list::insert_range(class, taken.0, class.info().batch as usize)
-            };
+            unsafe { central_free_list::insert_range(class, taken.0, class.info().batch as usize) };
         }
     }
 }

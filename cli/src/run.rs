@@ -117,8 +117,16 @@ pub fn main(args: &[String]) -> ExitCode {
         preload.push(":");
         preload.push(existing);
     }
+    let summary_file =
+        std::env::temp_dir().join(format!("oxmalloc-run-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&summary_file);
     let mut cmd = Command::new(&opts.command[0]);
     cmd.args(&opts.command[1..]).env("LD_PRELOAD", &preload);
+    if opts.summary {
+        // Only the launcher's direct child (after any exec) writes this file at exit.
+        cmd.env("OXMALLOC_RUN_SUMMARY", &summary_file)
+            .env("OXMALLOC_RUN_PARENT", std::process::id().to_string());
+    }
     // The child starts with default dispositions for the signals we change below.
     // SAFETY: the closure runs between fork and exec and only calls async-signal-safe signal().
     unsafe {
@@ -136,7 +144,11 @@ pub fn main(args: &[String]) -> ExitCode {
                 "oxmalloc run: cannot run {}: {e}",
                 opts.command[0].to_string_lossy()
             );
-            return ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+            return ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            });
         }
     };
     let pid = child.id() as libc::pid_t;
@@ -145,12 +157,22 @@ pub fn main(args: &[String]) -> ExitCode {
     unsafe {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
-        libc::signal(libc::SIGTERM, forward as extern "C" fn(libc::c_int) as libc::sighandler_t);
-        libc::signal(libc::SIGHUP, forward as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        libc::signal(
+            libc::SIGTERM,
+            forward as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGHUP,
+            forward as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        );
     }
     let (status, usage) = wait_for(pid);
     if opts.summary {
-        print_summary(&opts.command, status, &usage);
+        let stats = std::fs::read_to_string(&summary_file)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        let _ = std::fs::remove_file(&summary_file);
+        print_summary(&opts.command, status, &usage, stats.as_ref());
     }
     pass_on(status)
 }
@@ -171,7 +193,19 @@ fn wait_for(pid: libc::pid_t) -> (libc::c_int, libc::rusage) {
     }
 }
 
-fn print_summary(command: &[OsString], status: libc::c_int, usage: &libc::rusage) {
+fn mib(v: Option<&serde_json::Value>) -> String {
+    match v.and_then(|v| v.as_f64()) {
+        Some(b) => format!("{:.1} MiB", b / (1u64 << 20) as f64),
+        None => "?".into(),
+    }
+}
+
+fn print_summary(
+    command: &[OsString],
+    status: libc::c_int,
+    usage: &libc::rusage,
+    stats: Option<&serde_json::Value>,
+) {
     let name = command[0].to_string_lossy();
     let peak = usage.ru_maxrss as f64 / 1024.0;
     let how = if libc::WIFSIGNALED(status) {
@@ -185,6 +219,31 @@ fn print_summary(command: &[OsString], status: libc::c_int, usage: &libc::rusage
         format!("exited with status {}", libc::WEXITSTATUS(status))
     };
     eprintln!("oxmalloc: {name} {how}; peak RSS {peak:.1} MiB");
+    let Some(s) = stats else {
+        if !libc::WIFSIGNALED(status) {
+            eprintln!("oxmalloc: no statistics came back (the program did not run under oxmalloc, or exited without running exit handlers)");
+        }
+        return;
+    };
+    let pct = |k: &str| s.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0) * 100.0;
+    eprintln!(
+        "oxmalloc: at exit: in use {}, peak active {}, RSS {}, mapped {}, released to OS {}",
+        mib(s.get("in_use_bytes")),
+        mib(s.get("peak_active_bytes")),
+        mib(s.get("rss_bytes")),
+        mib(s.get("mapped_bytes")),
+        mib(s.get("released_bytes")),
+    );
+    eprintln!(
+        "oxmalloc: fragmentation: internal {} ({:.1}% of in use), external {} ({:.1}% of resident heap); {} large allocations ({} still live); {} allocations in all",
+        mib(s.get("internal_fragmentation_bytes")),
+        pct("internal_fragmentation_share"),
+        mib(s.get("external_fragmentation_bytes")),
+        pct("external_fragmentation_share"),
+        s.get("large_allocations_total").and_then(|v| v.as_u64()).unwrap_or(0),
+        s.get("large_allocations").and_then(|v| v.as_u64()).unwrap_or(0),
+        s.get("allocations_total").and_then(|v| v.as_u64()).unwrap_or(0),
+    );
 }
 
 fn signal_name(sig: libc::c_int) -> &'static str {
@@ -209,7 +268,10 @@ fn pass_on(status: libc::c_int) -> ExitCode {
         unsafe {
             libc::signal(sig, libc::SIG_DFL);
             // Do not leave a core file of the launcher: the child already made its own.
-            let no_core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            let no_core = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
             libc::setrlimit(libc::RLIMIT_CORE, &no_core);
             libc::raise(sig);
         }

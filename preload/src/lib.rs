@@ -24,6 +24,8 @@ use oxmalloc_core::allocator;
 use oxmalloc_core::hooks::StackBuf;
 use oxmalloc_core::os;
 
+mod report;
+
 /// Alignment every `malloc` result has (glibc's MALLOC_ALIGNMENT is 16; blocks of 8 bytes or
 /// less come from the 8-byte class, which is all a C object of that size can need).
 const MIN_ALIGN: usize = 8;
@@ -51,7 +53,16 @@ extern "C" fn detect_serving() {
         // Serving malloc means we were loaded at start-up, so our TLS block is static.
         oxmalloc_core::thread_cache::use_static_tls();
     }
+    report::read_exit_settings();
 }
+
+extern "C" fn at_exit() {
+    report::report_at_exit();
+}
+
+#[used]
+#[link_section = ".fini_array"]
+static REPORT_AT_EXIT: extern "C" fn() = at_exit;
 
 /// Load base of the shared object containing `addr` (null if none).
 fn object_base(addr: *const c_void) -> *mut c_void {
@@ -393,22 +404,29 @@ pub struct MallInfo {
     pub keepcost: c_int,
 }
 
-/// `mallinfo2(3)`: `arena` = mapped bytes, `uordblks` = bytes in use, `fordblks` = free bytes
-/// held (caches and free page runs), `hblks`/`hblkhd` = large allocations and their bytes,
-/// `keepcost` = free bytes already returned to the OS.
+/// `mallinfo2(3)`, filled from a statistics snapshot: `arena` = mapped heap bytes,
+/// `uordblks` = bytes in use by the program, `fordblks` = free bytes held (caches, central
+/// lists, free page runs, released runs), `keepcost` = of those, bytes released to the OS,
+/// `hblks`/`hblkhd` = live large blocks and their bytes, `usmblks` = peak active bytes,
+/// `fsmblks` = free bytes in thread and transfer caches.
 #[no_mangle]
 pub extern "C" fn mallinfo2() -> MallInfo2 {
-    let h = oxmalloc_core::page_heap::lock().stats;
-    let mapped = h.mapped_bytes;
-    let free = (h.free_pages + h.returned_pages) * oxmalloc_core::types::PAGE_SIZE;
+    let s = oxmalloc_core::stats();
     MallInfo2 {
-        arena: mapped,
-        hblks: h.large_spans,
-        hblkhd: h.large_pages * oxmalloc_core::types::PAGE_SIZE,
-        uordblks: mapped - free,
-        fordblks: free,
-        keepcost: h.returned_pages * oxmalloc_core::types::PAGE_SIZE,
-        ..MallInfo2::default()
+        arena: s.mapped_bytes,
+        ordblks: s
+            .free_runs_resident
+            .iter()
+            .chain(s.free_runs_released.iter())
+            .sum(),
+        smblks: 0,
+        hblks: s.large_allocations,
+        hblkhd: s.large_in_use_bytes,
+        usmblks: s.peak_active_bytes,
+        fsmblks: s.thread_cache_bytes + s.transfer_cache_bytes,
+        uordblks: s.in_use_bytes,
+        fordblks: s.mapped_bytes.saturating_sub(s.in_use_bytes),
+        keepcost: s.released_bytes,
     }
 }
 
@@ -431,18 +449,10 @@ pub extern "C" fn mallinfo() -> MallInfo {
     }
 }
 
-/// `malloc_stats(3)`: prints a summary to standard error.
+/// `malloc_stats(3)`: prints the full statistics report to standard error.
 #[no_mangle]
 pub extern "C" fn malloc_stats() {
-    use core::fmt::Write;
-    let m = mallinfo2();
-    let mut b = StackBuf::<512>::new();
-    let _ = writeln!(
-        b,
-        "oxmalloc: mapped {} bytes, in use (incl. caches) {} bytes, free {} bytes ({} returned to the OS), {} large allocations ({} bytes)",
-        m.arena, m.uordblks, m.fordblks, m.keepcost, m.hblks, m.hblkhd
-    );
-    os::write_stderr(b.as_bytes());
+    report::write_report(2, report::Format::Text);
 }
 
 /// glibc's internal entry points, which some programs and libraries call directly.
@@ -481,4 +491,50 @@ pub extern "C" fn __libc_memalign(align: usize, size: usize) -> *mut c_void {
 #[no_mangle]
 pub extern "C" fn oxmalloc_release_free_memory() -> usize {
     oxmalloc_core::release_free_memory()
+}
+
+/// `oxmalloc_stats_json`: writes the statistics snapshot as JSON into `buf` (NUL-terminated,
+/// truncated to `len`); returns the length the whole text needs, excluding the NUL.
+///
+/// # Safety
+/// `buf` points to `len` writable bytes (or `len` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn oxmalloc_stats_json(buf: *mut libc::c_char, len: usize) -> usize {
+    // SAFETY: forwarded contract.
+    unsafe { report::write_to_buffer(buf, len, report::Format::Json) }
+}
+
+/// `oxmalloc_stats_text`: like [`oxmalloc_stats_json`], with the human-readable report.
+///
+/// # Safety
+/// `buf` points to `len` writable bytes (or `len` is 0).
+#[no_mangle]
+pub unsafe extern "C" fn oxmalloc_stats_text(buf: *mut libc::c_char, len: usize) -> usize {
+    // SAFETY: forwarded contract.
+    unsafe { report::write_to_buffer(buf, len, report::Format::Text) }
+}
+
+/// `oxmalloc_get_numeric_property`: stores the named statistic (see `oxmalloc.h` and
+/// `docs/stats.md`) in `*out` and returns 1, or returns 0 for an unknown name.
+///
+/// # Safety
+/// `name` is a NUL-terminated string and `out` a valid pointer.
+#[no_mangle]
+pub unsafe extern "C" fn oxmalloc_get_numeric_property(
+    name: *const libc::c_char,
+    out: *mut usize,
+) -> c_int {
+    if name.is_null() || out.is_null() {
+        return 0;
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    let name = unsafe { core::ffi::CStr::from_ptr(name) }.to_bytes();
+    match report::numeric_property(name) {
+        Some(v) => {
+            // SAFETY: the caller passes a valid out-pointer.
+            unsafe { *out = v };
+            1
+        }
+        None => 0,
+    }
 }
