@@ -1,0 +1,189 @@
+//! Statistics through liboxmalloc.so: the C API, the at-exit report, the launcher's summary and
+//! the Python module, each in a real process under LD_PRELOAD.
+//!
+//! Needs `cargo build --release` first (the README's test command does that).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn target_file(name: &str) -> PathBuf {
+    let candidates = [
+        root().join("target/release").join(name),
+        root().join("target/debug").join(name),
+    ];
+    candidates
+        .iter()
+        .filter(|p| p.exists())
+        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not built: run `cargo build --release` first"))
+}
+
+fn library() -> PathBuf {
+    std::env::var_os("OXMALLOC_LIB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_file("liboxmalloc.so"))
+}
+
+/// The real interpreter (not a pyenv shim, which would run several processes).
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn check(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn compile(src: &Path) -> PathBuf {
+    let dir = root().join("target/ctests-stats");
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join(src.file_stem().unwrap());
+    let out = Command::new("cc")
+        .args(["-O1", "-g", "-o"])
+        .arg(&exe)
+        .arg(src)
+        .arg("-ldl")
+        .output()
+        .expect("cc runs");
+    check(&out, "compiling");
+    exe
+}
+
+#[test]
+fn c_api_reports_and_sizes_buffers_like_snprintf() {
+    let exe = compile(&root().join("tests/c_stats/stats_api.c"));
+    let out = Command::new(&exe)
+        .env("LD_PRELOAD", library())
+        .output()
+        .unwrap();
+    check(&out, "stats_api");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("oxmalloc statistics"),
+        "malloc_stats printed nothing useful:\n{stderr}"
+    );
+}
+
+#[test]
+fn stats_at_exit_goes_to_stderr_or_a_json_file() {
+    let py = python();
+    let out = Command::new(&py)
+        .args(["-c", "x = bytearray(10 << 20)"])
+        .env("LD_PRELOAD", library())
+        .env("OXMALLOC_STATS_AT_EXIT", "1")
+        .output()
+        .unwrap();
+    check(&out, "python with text report");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("oxmalloc statistics").count(), 1, "{stderr}");
+
+    let file = std::env::temp_dir().join(format!("oxmalloc-stats-{}.json", std::process::id()));
+    let out = Command::new(&py)
+        .args(["-c", "x = bytearray(10 << 20)"])
+        .env("LD_PRELOAD", library())
+        .env("OXMALLOC_STATS_AT_EXIT", &file)
+        .output()
+        .unwrap();
+    check(&out, "python with JSON file");
+    let text = std::fs::read_to_string(&file).expect("report file written");
+    let _ = std::fs::remove_file(&file);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON parses");
+    assert!(v["large_allocations_total"].as_u64().unwrap() >= 1);
+    assert!(v["bytes_allocated_total"].as_u64().unwrap() >= 10 << 20);
+}
+
+#[test]
+fn launcher_prints_a_memory_summary_and_passes_the_status_on() {
+    let launcher = target_file("oxmalloc");
+    let out = Command::new(&launcher)
+        .args(["run", "--lib"])
+        .arg(library())
+        .args([
+            "--",
+            &python(),
+            "-c",
+            "import sys; b = bytearray(64 << 20); sys.exit(3)",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("exited with status 3; peak RSS"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("at exit: in use"), "{stderr}");
+    assert!(stderr.contains("fragmentation: internal"), "{stderr}");
+    assert!(stderr.contains("large allocations"), "{stderr}");
+
+    let out = Command::new(&launcher)
+        .args(["run", "--no-summary", "--lib"])
+        .arg(library())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("oxmalloc:"));
+}
+
+#[test]
+fn python_module_reports_a_large_bytearray() {
+    let script = r#"
+import oxmalloc
+assert oxmalloc.is_active()
+before = oxmalloc.stats()
+b = bytearray(150 * 1000 * 1000)
+after = oxmalloc.stats()
+grew = after["large_in_use_bytes"] - before["large_in_use_bytes"]
+assert 150_000_000 <= grew < 150_000_000 + 8192, grew
+assert after["in_use_bytes"] >= after["large_in_use_bytes"]
+assert "in use by the program" in oxmalloc.stats_text()
+del b
+assert oxmalloc.release() >= 150_000_000
+print("module ok")
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .env("LD_PRELOAD", library())
+        .env("PYTHONMALLOC", "malloc")
+        .env("PYTHONPATH", root().join("python"))
+        .output()
+        .unwrap();
+    check(&out, "python module under oxmalloc");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("module ok"));
+}
+
+#[test]
+fn python_module_explains_when_not_under_oxmalloc() {
+    let script = r#"
+import oxmalloc
+assert not oxmalloc.is_active()
+try:
+    oxmalloc.stats()
+except oxmalloc.NotActiveError as e:
+    assert "oxmalloc run" in str(e) and "LD_PRELOAD" in str(e)
+    print("explained")
+"#;
+    let out = Command::new(python())
+        .args(["-c", script])
+        .env("PYTHONPATH", root().join("python"))
+        .env_remove("LD_PRELOAD")
+        .output()
+        .unwrap();
+    check(&out, "python module without oxmalloc");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("explained"));
+}
