@@ -66,7 +66,7 @@ fn render(w: &mut impl Write, format: Format) {
     let s = oxmalloc_core::stats();
     let _ = match format {
         Format::Text => write_text(w, &s),
-        Format::Json => write_json(w, &s).and_then(|_| w.write_str("\n")),
+        Format::Json => write_json(w, &s),
         Format::Summary => write_summary(w, &s),
     };
 }
@@ -75,6 +75,9 @@ fn render(w: &mut impl Write, format: Format) {
 pub fn write_report(fd: c_int, format: Format) {
     let mut w = FdWriter::new(fd);
     render(&mut w, format);
+    if format == Format::Json {
+        let _ = w.write_str("\n");
+    }
     w.flush();
 }
 
