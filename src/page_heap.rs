@@ -177,7 +177,7 @@ impl PageHeap {
                     self.free_record(prev);
                 }
             }
-            let next = pagemap::span_of((*s).start.add((*s).len));
+            let next = pagemap::span_of((*s).start.offset((*s).len));
             if !next.is_null() && (*next).state == state && (*next).in_list {
                 self.remove_free(next);
                 pagemap::set((*next).start, ptr::null_mut(), SizeClass::LARGE);
@@ -201,7 +201,7 @@ impl PageHeap {
         }
         // SAFETY: both records are valid and exclusively ours.
         unsafe {
-            (*r).start = (*s).start.add(n);
+            (*r).start = (*s).start.offset(n);
             (*r).len = Length((*s).len.0 - n.0);
             (*r).state = (*s).state;
             (*s).len = n;
@@ -442,7 +442,7 @@ impl PageHeap {
         // SAFETY: guaranteed by the caller; `next` comes from the pagemap under our lock.
         unsafe {
             let extra = Length(n.0 - (*s).len.0);
-            let next = pagemap::span_of((*s).start.add((*s).len));
+            let next = pagemap::span_of((*s).start.offset((*s).len));
             if next.is_null() || !(*next).in_list || !(*next).is_free() || (*next).len < extra {
                 return false;
             }

@@ -80,15 +80,15 @@ pub fn ensure(start: PageId, len: Length) -> bool {
     if last >= ROOT_LEN {
         return false;
     }
-    for i in first..=last {
-        if ROOT[i].load(Ordering::Relaxed).is_null() {
+    for slot in &ROOT[first..=last] {
+        if slot.load(Ordering::Relaxed).is_null() {
             let bytes = core::mem::size_of::<Leaf>().next_multiple_of(4096);
             let Some(mem) = os::map(bytes) else {
                 return false;
             };
             LEAF_BYTES.fetch_add(bytes, Ordering::Relaxed);
             // Fresh anonymous memory is zero: all spans null, all classes 0.
-            ROOT[i].store(mem as *mut Leaf, Ordering::Release);
+            slot.store(mem as *mut Leaf, Ordering::Release);
         }
     }
     true

@@ -77,7 +77,7 @@ impl Span {
 
     #[inline]
     pub fn end_addr(&self) -> usize {
-        self.start.add(self.len).addr()
+        self.start.offset(self.len).addr()
     }
 
     #[inline]

@@ -51,6 +51,8 @@ pub struct FreeList {
 }
 
 impl FreeList {
+    // Used only as an array initialiser for a fresh cache; never shared.
+    #[allow(clippy::declare_interior_mutable_const)]
     const EMPTY: FreeList = FreeList {
         head: ptr::null_mut(),
         len: LocalCounter::new(),

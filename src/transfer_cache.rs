@@ -78,11 +78,11 @@ pub fn remove(class: SizeClass, n: usize) -> Chain {
 
 /// Moves every stored batch to the central free lists (so empty spans can reach the page heap).
 pub fn drain_all() {
-    for c in 1..NUM_CLASSES {
+    for (c, cache) in TRANSFER.iter().enumerate().skip(1) {
         let class = SizeClass(c as u8);
         loop {
             let taken = {
-                let mut tc = TRANSFER[c].lock();
+                let mut tc = cache.lock();
                 if tc.used == 0 {
                     break;
                 }

@@ -24,7 +24,7 @@ impl PageId {
     }
 
     #[inline(always)]
-    pub fn add(self, len: Length) -> PageId {
+    pub fn offset(self, len: Length) -> PageId {
         PageId(self.0 + len.0)
     }
 }
