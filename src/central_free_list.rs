@@ -2,8 +2,9 @@
 //!
 //! Invariants (under the class's lock):
 //! - `nonempty` holds exactly the class's spans that have at least one free or uncarved object.
-//!   A span with every object out is in no list; a span with no object out goes back to the
-//!   page heap at once, so `free_objects` never counts a wholly free span for long.
+//!   A span with every object out is in no list. A span with no object out goes back to the
+//!   page heap at once, except that each class keeps at most one such span (`empty_kept`) so
+//!   that a program cycling around a span boundary does not bounce it through the page heap.
 //! - `free_objects` = free + uncarved objects over the class's spans; `spans` counts them.
 //! - Objects move out and in as null-terminated chains linked through their first word.
 //! - Lock order: a central list lock may be held while taking the page heap lock, never the
@@ -20,6 +21,8 @@ use crossbeam_utils::CachePadded;
 
 pub struct CentralFreeList {
     nonempty: SpanList,
+    /// Wholly free spans kept in `nonempty` (0 or 1).
+    empty_kept: usize,
     pub free_objects: usize,
     pub spans: usize,
 }
@@ -30,6 +33,7 @@ unsafe impl Send for CentralFreeList {}
 pub static CENTRAL: [CachePadded<SpinLock<CentralFreeList>>; NUM_CLASSES] = [const {
     CachePadded::new(SpinLock::new(CentralFreeList {
         nonempty: SpanList::new(),
+        empty_kept: 0,
         free_objects: 0,
         spans: 0,
     }))
@@ -72,6 +76,9 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
         }
         // SAFETY: `s` is a valid small span of this class, owned by this list (lock held).
         unsafe {
+            if (*s).allocated == 0 && list.empty_kept > 0 && (*s).carve > (*s).start_addr() {
+                list.empty_kept -= 1;
+            }
             while chain.count < n {
                 let obj = if !(*s).free_objects.is_null() {
                     let o = (*s).free_objects;
@@ -120,7 +127,13 @@ pub unsafe fn insert_range(class: SizeClass, head: *mut FreeObject, count: usize
             (*obj).next = (*s).free_objects;
             (*s).free_objects = obj;
             (*s).allocated -= 1;
-            if (*s).allocated == 0 {
+            if (*s).allocated == 0 && list.empty_kept == 0 {
+                if !(*s).in_list {
+                    list.nonempty.push_front(s);
+                }
+                list.empty_kept = 1;
+                list.free_objects += 1;
+            } else if (*s).allocated == 0 {
                 if (*s).in_list {
                     list.nonempty.remove(s);
                 }

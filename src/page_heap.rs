@@ -34,6 +34,9 @@ pub struct PageHeap {
     returned: [SpanList; MAX_LISTED + 1],
     long_free: SpanList,
     long_returned: SpanList,
+    /// Bit `len` set when `free[len]` (resp. `returned[len]`) is non-empty.
+    free_mask: [u64; 3],
+    returned_mask: [u64; 3],
     /// Recycled span records, linked through `next`.
     pool: *mut Span,
     pub stats: PageHeapStats,
@@ -71,6 +74,8 @@ impl PageHeap {
             returned: [const { SpanList::new() }; MAX_LISTED + 1],
             long_free: SpanList::new(),
             long_returned: SpanList::new(),
+            free_mask: [0; 3],
+            returned_mask: [0; 3],
             pool: ptr::null_mut(),
             stats: PageHeapStats {
                 mapped_bytes: 0,
@@ -115,6 +120,39 @@ impl PageHeap {
         self.pool = s;
     }
 
+    fn update_mask(&mut self, len: Length, state: SpanState) {
+        if len.0 > MAX_LISTED {
+            return;
+        }
+        let (list, mask) = if state == SpanState::Returned {
+            (&self.returned[len.0], &mut self.returned_mask)
+        } else {
+            (&self.free[len.0], &mut self.free_mask)
+        };
+        let bit = 1u64 << (len.0 % 64);
+        if list.is_empty() {
+            mask[len.0 / 64] &= !bit;
+        } else {
+            mask[len.0 / 64] |= bit;
+        }
+    }
+
+    /// Smallest listed length `>= n` with a free span in either state, or 0.
+    fn first_listed_at_least(&self, n: usize) -> usize {
+        let mut word = n / 64;
+        let mut bits = (self.free_mask[word] | self.returned_mask[word]) & (!0u64 << (n % 64));
+        loop {
+            if bits != 0 {
+                return word * 64 + bits.trailing_zeros() as usize;
+            }
+            word += 1;
+            if word >= self.free_mask.len() {
+                return 0;
+            }
+            bits = self.free_mask[word] | self.returned_mask[word];
+        }
+    }
+
     fn list_for(&mut self, len: Length, state: SpanState) -> &mut SpanList {
         let returned = state == SpanState::Returned;
         match (len.0 <= MAX_LISTED, returned) {
@@ -140,6 +178,7 @@ impl PageHeap {
             self.list_for(len, state).push_front(s);
             pagemap::set_ends(s);
         }
+        self.update_mask(len, state);
     }
 
     /// # Safety
@@ -154,6 +193,7 @@ impl PageHeap {
         }
         // SAFETY: as above.
         unsafe { self.list_for(len, state).remove(s) };
+        self.update_mask(len, state);
     }
 
     /// Coalesces free span `s` (not in a list, state `Free` or `Returned`) with free neighbours
@@ -211,13 +251,12 @@ impl PageHeap {
 
     fn find(&mut self, n: Length) -> *mut Span {
         if n.0 <= MAX_LISTED {
-            for len in n.0..=MAX_LISTED {
+            let len = self.first_listed_at_least(n.0);
+            if len != 0 {
                 if !self.free[len].is_empty() {
                     return self.free[len].first();
                 }
-                if !self.returned[len].is_empty() {
-                    return self.returned[len].first();
-                }
+                return self.returned[len].first();
             }
         }
         // Best fit among long spans, resident ones first on ties.
