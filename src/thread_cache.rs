@@ -32,7 +32,7 @@ pub const TOTAL_BUDGET: usize = 32 << 20;
 const MIN_PER_THREAD: usize = 256 << 10;
 const MAX_PER_THREAD: usize = 4 << 20;
 /// Longest a list may grow, in objects.
-const MAX_LIST_LEN: u32 = 8192;
+const MAX_LIST_LEN: u32 = 16384;
 
 #[repr(C)]
 pub struct FreeList {
@@ -284,7 +284,7 @@ unsafe fn alloc_slow(tc: *mut ThreadCache, class: SizeClass, size: usize) -> *mu
 
 fn max_len_for(class: SizeClass) -> u32 {
     let info = class.info();
-    let by_bytes = (MAX_PER_THREAD / 4 / info.size as usize) as u32;
+    let by_bytes = (MAX_PER_THREAD / 2 / info.size as usize) as u32;
     by_bytes.clamp(info.batch, MAX_LIST_LEN)
 }
 
