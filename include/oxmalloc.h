@@ -43,6 +43,26 @@ int oxmalloc_get_numeric_property(const char *name, size_t *out);
  * released. malloc_trim(0) does the same and returns 1 if anything was released. */
 size_t oxmalloc_release_free_memory(void);
 
+/* Heap limit in bytes (0 = none; OXMALLOC_HEAP_LIMIT sets it at start-up). Past the limit,
+ * allocations return NULL with errno ENOMEM after one release of cached memory and a retry,
+ * with a failure report, instead of growing the heap. */
+void oxmalloc_set_heap_limit(size_t bytes);
+size_t oxmalloc_heap_limit(void);
+
+/* Large-allocation reports from this many bytes on (SIZE_MAX: off). Default 1 GiB, or
+ * OXMALLOC_LARGE_ALLOC_REPORT_THRESHOLD. */
+void oxmalloc_set_large_alloc_threshold(size_t bytes);
+
+/* Hooks replacing the default reports; pass NULL to restore them. They run on the allocating
+ * thread with no allocator lock held. Allocations made inside a hook are served normally but
+ * trigger no hook or report (no recursion). */
+#define OXMALLOC_FAILURE_OS 1         /* the OS refused to map more memory */
+#define OXMALLOC_FAILURE_HEAP_LIMIT 2 /* the heap limit would have been exceeded */
+typedef void (*oxmalloc_large_alloc_hook)(size_t size, void *addr, void *user);
+typedef void (*oxmalloc_failure_hook)(size_t size, size_t align, int reason, void *user);
+void oxmalloc_set_large_alloc_hook(oxmalloc_large_alloc_hook hook, void *user);
+void oxmalloc_set_alloc_failure_hook(oxmalloc_failure_hook hook, void *user);
+
 #ifdef __cplusplus
 }
 #endif

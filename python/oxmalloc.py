@@ -16,7 +16,15 @@ from inside a running interpreter.) Pure ctypes, no compiled code.
 import ctypes
 import json
 
-__all__ = ["is_active", "stats", "stats_text", "release", "NotActiveError"]
+__all__ = [
+    "is_active",
+    "stats",
+    "stats_text",
+    "release",
+    "set_heap_limit",
+    "heap_limit",
+    "NotActiveError",
+]
 
 
 class NotActiveError(RuntimeError):
@@ -51,6 +59,10 @@ def _library():
         proc.oxmalloc_stats_text.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
         proc.oxmalloc_release_free_memory.restype = ctypes.c_size_t
         proc.oxmalloc_release_free_memory.argtypes = []
+        proc.oxmalloc_set_heap_limit.restype = None
+        proc.oxmalloc_set_heap_limit.argtypes = [ctypes.c_size_t]
+        proc.oxmalloc_heap_limit.restype = ctypes.c_size_t
+        proc.oxmalloc_heap_limit.argtypes = []
         _lib = proc
     return _lib
 
@@ -90,3 +102,40 @@ def stats_text():
 def release():
     """Return free memory to the OS, including this thread's cache; returns bytes released."""
     return int(_require().oxmalloc_release_free_memory())
+
+
+_UNITS = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+
+
+def _parse_size(value):
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("a heap limit cannot be negative")
+        return value
+    text = str(value).strip().upper()
+    for suffix in ("IB", "B"):
+        if text.endswith(suffix) and text[:-len(suffix)][-1:] in "KMGT":
+            text = text[: -len(suffix)]
+            break
+    unit = text[-1:] if text[-1:] in "KMGT" else ""
+    number = text[: len(text) - len(unit)].strip()
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"not a size: {value!r} (use bytes or a K/M/G/T suffix)") from None
+    if amount < 0:
+        raise ValueError("a heap limit cannot be negative")
+    return int(amount * (1 << _UNITS[unit]))
+
+
+def set_heap_limit(limit):
+    """Limit the heap: `set_heap_limit("2G")`, `set_heap_limit(512 << 20)`, `None` or 0 for
+    no limit. Past it, allocations fail and Python raises MemoryError instead of the kernel
+    killing the process."""
+    _require().oxmalloc_set_heap_limit(0 if limit is None else _parse_size(limit))
+
+
+def heap_limit():
+    """The heap limit in bytes, or None."""
+    value = int(_require().oxmalloc_heap_limit())
+    return value or None

@@ -53,6 +53,8 @@ fn global_init_slow() -> bool {
         return false;
     }
     THREAD_KEY.store(key as u32, Ordering::Relaxed);
+    crate::config::load();
+    crate::hooks::reset_large_alloc_threshold();
     // SAFETY: the handlers are `extern "C"` fns that only take and release our own locks.
     unsafe {
         libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
@@ -125,18 +127,59 @@ pub fn alloc_large(size: usize, align: usize, zero: bool) -> *mut u8 {
     if size > isize::MAX as usize {
         return ptr::null_mut();
     }
-    let s = page_heap::lock().alloc_large(n, align.max(PAGE_SIZE), size);
+    global_init();
+    let align = align.max(PAGE_SIZE);
+    let mut s = page_heap::lock().alloc_large(n, align, size);
     if s.is_null() {
-        return ptr::null_mut();
+        // Give back everything cached and try once more before declaring failure.
+        release_free_memory();
+        s = page_heap::lock().alloc_large(n, align, size);
+        if s.is_null() {
+            crate::hooks::alloc_failed(size, align);
+            return ptr::null_mut();
+        }
     }
     // SAFETY: `s` is a fresh large span handed to us alone.
-    unsafe {
+    let p = unsafe {
         let p = (*s).start_addr() as *mut u8;
         if zero && !(*s).zeroed {
             ptr::write_bytes(p, 0, size);
         }
         p
+    };
+    crate::hooks::note_large_alloc(size, p);
+    p
+}
+
+/// Called by the thread cache when no object of `class` could be had: releases cached memory,
+/// retries once, and reports the failure if it persists. Returns the retried chain.
+#[cold]
+#[inline(never)]
+pub fn small_alloc_failed(
+    class: SizeClass,
+    size: usize,
+    want: usize,
+) -> crate::central_free_list::Chain {
+    release_free_memory();
+    let chain = crate::transfer_cache::remove(class, want);
+    if chain.count == 0 {
+        // The requested alignment is not known here; report the one every object of this size
+        // is guaranteed.
+        crate::hooks::alloc_failed(size, if size >= 16 { 16 } else { 8 });
     }
+    chain
+}
+
+/// Sets the heap limit in bytes (0 removes it): allocations that would take the pages handed
+/// out past it fail (after one release-and-retry) with a report instead of growing the heap.
+pub fn set_heap_limit(bytes: usize) {
+    crate::config::HEAP_LIMIT.store(bytes, Ordering::Relaxed);
+}
+
+/// The heap limit in bytes, 0 if none.
+pub fn heap_limit() -> usize {
+    global_init();
+    crate::config::HEAP_LIMIT.load(Ordering::Relaxed)
 }
 
 /// Frees `p`, allocated with this `(size, align)`.
@@ -249,6 +292,7 @@ pub unsafe fn resize_large_in_place(p: *mut u8, new_size: usize) -> bool {
             return false;
         }
         let mut heap = page_heap::lock();
+        let old_requested = (*s).allocated;
         let ok = if n <= (*s).len {
             heap.shrink_large(s, n);
             true
@@ -257,6 +301,10 @@ pub unsafe fn resize_large_in_place(p: *mut u8, new_size: usize) -> bool {
         };
         if ok {
             heap.set_large_requested(s, new_size);
+        }
+        drop(heap);
+        if ok && n > Length::for_bytes(old_requested).unwrap_or(n) {
+            crate::hooks::note_large_alloc(new_size, p);
         }
         ok
     }

@@ -17,6 +17,7 @@
 
 pub mod allocator;
 pub mod central_free_list;
+pub mod config;
 pub mod hooks;
 pub mod metadata;
 pub mod os;
@@ -79,6 +80,17 @@ pub use stats::Stats;
 /// A snapshot of the allocator's statistics (see `docs/stats.md`). Does not allocate.
 pub fn stats() -> Stats {
     stats::snapshot()
+}
+
+/// Sets the heap limit in bytes (0 removes it). Past it, allocations fail cleanly (null, with a
+/// report) instead of growing the heap; Rust then calls its allocation-error handler.
+pub fn set_heap_limit(bytes: usize) {
+    allocator::set_heap_limit(bytes)
+}
+
+/// The heap limit in bytes, 0 if none (`OXMALLOC_HEAP_LIMIT` sets it at start-up).
+pub fn heap_limit() -> usize {
+    allocator::heap_limit()
 }
 
 /// Returns all free memory it can to the OS (including the calling thread's cache); returns the

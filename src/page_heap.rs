@@ -10,9 +10,12 @@
 //! - The pagemap maps both ends of every free and large span, and every page of a small span
 //!   (see `pagemap`). Interior pages of free and large spans map to null.
 //! - `mapped_bytes` = pages in free lists + pages in small spans + pages in large spans, in bytes.
+//! - With a heap limit set, `small_span_pages + large_pages` (the pages handed out) never
+//!   exceeds it: `take` refuses first, recording the reason for the failure report.
 //! - The page heap never calls into the central free lists, so the lock order
 //!   central free list -> page heap -> metadata arena cannot cycle.
 
+use crate::hooks;
 use crate::metadata;
 use crate::os;
 use crate::pagemap;
@@ -21,6 +24,7 @@ use crate::span::{Span, SpanList, SpanState};
 use crate::sync::SpinLock;
 use crate::types::{Length, PageId, PAGE_SIZE};
 use core::ptr;
+use core::sync::atomic::Ordering;
 
 /// Free spans up to this many pages sit in exact-length lists.
 pub const MAX_LISTED: usize = 128;
@@ -314,9 +318,18 @@ impl PageHeap {
     /// The result keeps its free state (`Free` or `Returned`, telling whether it is zeroed) and
     /// is in no list; the caller sets its state and pagemap entries.
     fn take(&mut self, n: Length) -> *mut Span {
+        let limit = crate::config::HEAP_LIMIT.load(Ordering::Relaxed);
+        if limit != 0 {
+            let active = self.stats.small_span_pages + self.stats.large_pages;
+            if active.saturating_add(n.0).saturating_mul(PAGE_SIZE) > limit {
+                hooks::LAST_FAILURE.store(hooks::REASON_HEAP_LIMIT as u8, Ordering::Relaxed);
+                return ptr::null_mut();
+            }
+        }
         let mut s = self.find(n);
         if s.is_null() {
             if !self.grow(n) {
+                hooks::LAST_FAILURE.store(hooks::REASON_OS as u8, Ordering::Relaxed);
                 return ptr::null_mut();
             }
             s = self.find(n);

@@ -253,7 +253,7 @@ unsafe fn alloc_slow(tc: *mut ThreadCache, class: SizeClass, size: usize) -> *mu
     // SAFETY: `tc` is this thread's cache.
     unsafe {
         if (*tc).state != ACTIVE && !activate(tc) {
-            return alloc_uncached(class);
+            return alloc_uncached(class, size);
         }
         let info = class.info();
         let batch = info.batch;
@@ -265,10 +265,14 @@ unsafe fn alloc_slow(tc: *mut ThreadCache, class: SizeClass, size: usize) -> *mu
             list.max_len = (list.max_len + batch).min(max_len_for(class));
         }
         let want = list.max_len.min(batch) as usize;
-        let chain = transfer_cache::remove(class, want);
+        let mut chain = transfer_cache::remove(class, want);
         if chain.count == 0 {
-            return ptr::null_mut();
+            chain = crate::allocator::small_alloc_failed(class, size, want);
+            if chain.count == 0 {
+                return ptr::null_mut();
+            }
         }
+        let list = &mut (*tc).lists[class.index()];
         let obj = chain.head;
         if chain.count > 1 {
             (*chain.tail).next = list.head;
@@ -402,8 +406,11 @@ fn per_thread_budget() -> usize {
     (TOTAL_BUDGET / threads).clamp(MIN_PER_THREAD, MAX_PER_THREAD)
 }
 
-fn alloc_uncached(class: SizeClass) -> *mut u8 {
-    let chain = transfer_cache::remove(class, 1);
+fn alloc_uncached(class: SizeClass, size: usize) -> *mut u8 {
+    let mut chain = transfer_cache::remove(class, 1);
+    if chain.count == 0 {
+        chain = crate::allocator::small_alloc_failed(class, size, 1);
+    }
     chain.head as *mut u8
 }
 

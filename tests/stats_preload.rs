@@ -3,65 +3,10 @@
 //!
 //! Needs `cargo build --release` first (the README's test command does that).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn target_file(name: &str) -> PathBuf {
-    let candidates = [
-        root().join("target/release").join(name),
-        root().join("target/debug").join(name),
-    ];
-    candidates
-        .iter()
-        .filter(|p| p.exists())
-        .max_by_key(|p| p.metadata().and_then(|m| m.modified()).ok())
-        .cloned()
-        .unwrap_or_else(|| panic!("{name} not built: run `cargo build --release` first"))
-}
-
-fn library() -> PathBuf {
-    std::env::var_os("OXMALLOC_LIB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_file("liboxmalloc.so"))
-}
-
-/// The real interpreter (not a pyenv shim, which would run several processes).
-fn python() -> String {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-fn check(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed: {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn compile(src: &Path) -> PathBuf {
-    let dir = root().join("target/ctests-stats");
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join(src.file_stem().unwrap());
-    let out = Command::new("cc")
-        .args(["-O1", "-g", "-o"])
-        .arg(&exe)
-        .arg(src)
-        .arg("-ldl")
-        .output()
-        .expect("cc runs");
-    check(&out, "compiling");
-    exe
-}
+use common::{check, compile, library, python, root, target_file};
+use std::process::Command;
 
 #[test]
 fn c_api_reports_and_sizes_buffers_like_snprintf() {

@@ -212,7 +212,7 @@ fn print_summary(
         let sig = libc::WTERMSIG(status);
         let mut s = format!("was killed by signal {sig} ({})", signal_name(sig));
         if sig == libc::SIGKILL {
-            s.push_str(": if nobody sent it, the kernel's OOM killer did");
+            s.push_str(": if nobody sent it, the kernel's OOM killer did; OXMALLOC_HEAP_LIMIT=auto makes allocations fail cleanly (MemoryError in Python) before that point");
         }
         s
     } else {

@@ -538,3 +538,42 @@ pub unsafe extern "C" fn oxmalloc_get_numeric_property(
         None => 0,
     }
 }
+
+/// `oxmalloc_set_heap_limit`: sets the heap limit in bytes (0 removes it).
+#[no_mangle]
+pub extern "C" fn oxmalloc_set_heap_limit(bytes: usize) {
+    oxmalloc_core::set_heap_limit(bytes)
+}
+
+/// `oxmalloc_heap_limit`: the heap limit in bytes, 0 if none.
+#[no_mangle]
+pub extern "C" fn oxmalloc_heap_limit() -> usize {
+    oxmalloc_core::heap_limit()
+}
+
+/// `oxmalloc_set_large_alloc_threshold`: large-allocation reports from this size on
+/// (`SIZE_MAX` turns them off).
+#[no_mangle]
+pub extern "C" fn oxmalloc_set_large_alloc_threshold(bytes: usize) {
+    oxmalloc_core::hooks::set_large_alloc_threshold(bytes)
+}
+
+/// `oxmalloc_set_large_alloc_hook`: replaces the large-allocation report with `hook(size,
+/// address, user)`; null restores the report.
+#[no_mangle]
+pub extern "C" fn oxmalloc_set_large_alloc_hook(
+    hook: Option<oxmalloc_core::hooks::LargeAllocHook>,
+    user: *mut c_void,
+) {
+    oxmalloc_core::hooks::set_large_alloc_hook(hook, user)
+}
+
+/// `oxmalloc_set_alloc_failure_hook`: replaces the failure report with `hook(size, alignment,
+/// reason, user)`; null restores the report.
+#[no_mangle]
+pub extern "C" fn oxmalloc_set_alloc_failure_hook(
+    hook: Option<oxmalloc_core::hooks::FailureHook>,
+    user: *mut c_void,
+) {
+    oxmalloc_core::hooks::set_failure_hook(hook, user)
+}

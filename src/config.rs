@@ -1,0 +1,214 @@
+//! Configuration from the environment, read once at global set-up with `getenv` (no
+//! allocation), kept in atomics that the runtime setters may change later.
+//!
+//! Invariants: every setting has a documented default that applies when its variable is
+//! absent or malformed; a malformed value is reported once on stderr and ignored, never fatal.
+//!
+//! | variable | values | default |
+//! |---|---|---|
+//! | `OXMALLOC_LARGE_ALLOC_REPORT_THRESHOLD` | bytes with optional K/M/G/T suffix; `0` or `off` disables | 1 GiB |
+//! | `OXMALLOC_HEAP_LIMIT` | bytes with optional suffix, or `auto` | none |
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// Large-allocation report threshold in bytes; `usize::MAX` means off.
+pub static LARGE_ALLOC_REPORT_THRESHOLD: AtomicUsize = AtomicUsize::new(1 << 30);
+/// Heap limit in bytes; 0 means none.
+pub static HEAP_LIMIT: AtomicUsize = AtomicUsize::new(0);
+
+/// Parses "123", "64K", "1.5G", "2GiB", "512mb" (binary units, case-insensitive).
+pub fn parse_size(s: &[u8]) -> Option<usize> {
+    let s = trim(s);
+    let digits_end = s
+        .iter()
+        .position(|b| !(b.is_ascii_digit() || *b == b'.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits_end);
+    if num.is_empty() {
+        return None;
+    }
+    let unit = trim(unit);
+    let shift = match unit {
+        b"" | b"b" | b"B" => 0,
+        [u] | [u, b'b' | b'B'] | [u, b'i' | b'I', b'b' | b'B'] => match u.to_ascii_uppercase() {
+            b'K' => 10,
+            b'M' => 20,
+            b'G' => 30,
+            b'T' => 40,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let mut int: u128 = 0;
+    let mut frac: u128 = 0;
+    let mut frac_scale: u128 = 1;
+    let mut seen_dot = false;
+    for &b in num {
+        if b == b'.' {
+            if seen_dot {
+                return None;
+            }
+            seen_dot = true;
+        } else if seen_dot {
+            if frac_scale < 1_000_000_000 {
+                frac = frac * 10 + (b - b'0') as u128;
+                frac_scale *= 10;
+            }
+        } else {
+            int = int.checked_mul(10)?.checked_add((b - b'0') as u128)?;
+        }
+    }
+    let bytes = (int << shift) + ((frac << shift) / frac_scale);
+    usize::try_from(bytes).ok()
+}
+
+fn trim(s: &[u8]) -> &[u8] {
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: getenv with a NUL-terminated name; the entry is read at once.
+    let p = unsafe { libc::getenv(name.as_ptr()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: getenv returns a NUL-terminated string.
+    Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
+}
+
+fn malformed(name: &str) {
+    let mut b = crate::hooks::StackBuf::<160>::new();
+    let _ = core::fmt::Write::write_fmt(
+        &mut b,
+        format_args!(
+            "oxmalloc: ignoring malformed {name} (expected bytes with optional K/M/G suffix)\n"
+        ),
+    );
+    crate::os::write_stderr(b.as_bytes());
+}
+
+/// Reads the environment. Called once from global set-up.
+pub fn load() {
+    if let Some(v) = env(c"OXMALLOC_LARGE_ALLOC_REPORT_THRESHOLD") {
+        match trim(v) {
+            b"0" | b"off" | b"OFF" | b"none" => {
+                LARGE_ALLOC_REPORT_THRESHOLD.store(usize::MAX, Ordering::Relaxed)
+            }
+            v => match parse_size(v) {
+                Some(n) => LARGE_ALLOC_REPORT_THRESHOLD.store(n, Ordering::Relaxed),
+                None => malformed("OXMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"),
+            },
+        }
+    }
+    if let Some(v) = env(c"OXMALLOC_HEAP_LIMIT") {
+        match trim(v) {
+            b"" | b"0" | b"off" | b"none" => {}
+            b"auto" => HEAP_LIMIT.store(auto_limit(), Ordering::Relaxed),
+            v => match parse_size(v) {
+                Some(n) => HEAP_LIMIT.store(n, Ordering::Relaxed),
+                None => malformed("OXMALLOC_HEAP_LIMIT"),
+            },
+        }
+    }
+}
+
+/// Reads a whole small file into `buf`; returns the bytes read.
+fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> usize {
+    // SAFETY: a NUL-terminated path; the fd is closed below.
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return 0;
+    }
+    let mut total = 0;
+    while total < buf.len() {
+        // SAFETY: the destination is the unfilled tail of `buf`.
+        let n = unsafe {
+            libc::read(
+                fd,
+                buf[total..].as_mut_ptr() as *mut libc::c_void,
+                buf.len() - total,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        total += n as usize;
+    }
+    // SAFETY: `fd` is ours.
+    unsafe { libc::close(fd) };
+    total
+}
+
+/// The memory this process may use: the cgroup v2 `memory.max`, else the cgroup v1
+/// `memory.limit_in_bytes`, else the machine's `MemTotal`; 0 if none can be read.
+pub fn memory_available() -> usize {
+    let mut buf = [0u8; 4096];
+    let n = read_file(c"/sys/fs/cgroup/memory.max", &mut buf);
+    if n > 0 {
+        if let Some(v) = parse_size(&buf[..n]) {
+            return v;
+        }
+    }
+    let n = read_file(c"/sys/fs/cgroup/memory/memory.limit_in_bytes", &mut buf);
+    if n > 0 {
+        // v1 reports "no limit" as a huge number near i64::MAX; treat it as none.
+        if let Some(v) = parse_size(&buf[..n]).filter(|&v| v < 1 << 60) {
+            return v;
+        }
+    }
+    let n = read_file(c"/proc/meminfo", &mut buf);
+    let text = &buf[..n];
+    if let Some(pos) = text.windows(9).position(|w| w == b"MemTotal:") {
+        let line = &text[pos + 9..];
+        let end = line.iter().position(|&b| b == b'\n').unwrap_or(line.len());
+        let line = trim(&line[..end]);
+        let digits = line.iter().take_while(|b| b.is_ascii_digit()).count();
+        if let Some(kib) = parse_size(&line[..digits]) {
+            return kib.saturating_mul(1024);
+        }
+    }
+    0
+}
+
+/// `auto`: the memory available minus a margin for everything that is not heap (the
+/// interpreter, libraries, stacks, page cache of the process): 10%, at least 256 MiB.
+pub fn auto_limit() -> usize {
+    let avail = memory_available();
+    let margin = (avail / 10).max(256 << 20);
+    avail.saturating_sub(margin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size(b"123"), Some(123));
+        assert_eq!(parse_size(b"64K"), Some(64 << 10));
+        assert_eq!(parse_size(b"100M"), Some(100 << 20));
+        assert_eq!(parse_size(b"2g"), Some(2 << 30));
+        assert_eq!(parse_size(b"1.5G"), Some(3 << 29));
+        assert_eq!(parse_size(b"512MiB"), Some(512 << 20));
+        assert_eq!(parse_size(b" 7 kb "), Some(7 << 10));
+        assert_eq!(parse_size(b"max\n"), None);
+        assert_eq!(parse_size(b""), None);
+        assert_eq!(parse_size(b"12Q"), None);
+        assert_eq!(parse_size(b"1.2.3"), None);
+        assert_eq!(parse_size(b"99999999999999999999999T"), None);
+    }
+
+    #[test]
+    fn memory_available_is_known_here() {
+        assert!(memory_available() > 64 << 20);
+        assert!(auto_limit() < memory_available());
+    }
+}
