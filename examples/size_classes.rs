@@ -16,7 +16,7 @@ fn main() {
             info.objects_per_span,
             100.0 * waste as f64 / bytes as f64,
             info.batch,
-            transfer_cache::capacity(SizeClass(c as u8))
+            transfer_cache::max_capacity(SizeClass(c as u8))
         );
     }
     println!("\n{} classes (plus class 0 = large)", NUM_CLASSES - 1);

@@ -315,6 +315,7 @@ pub unsafe fn resize_large_in_place(p: *mut u8, new_size: usize) -> bool {
 pub fn release_free_memory() -> usize {
     thread_cache::drain_current();
     crate::transfer_cache::drain_all();
+    crate::central_free_list::release_kept_spans();
     page_heap::lock().release_all()
 }
 

@@ -1,8 +1,11 @@
 //! Central free lists: one per size class, holding the spans that have free objects.
 //!
 //! Invariants (under the class's lock):
-//! - `nonempty` holds exactly the class's spans that have at least one free or uncarved object.
-//!   A span with every object out is in no list. A span with no object out goes back to the
+//! - The buckets hold exactly the class's spans that have at least one free or uncarved object,
+//!   each in bucket `allocated * BUCKETS / objects_per_span` (recorded in `span.bucket`), and
+//!   bit `b` of `mask` is set exactly when bucket `b` is non-empty. Objects are taken from the
+//!   fullest bucket first, so nearly empty spans get the chance to empty and leave.
+//! - A span with every object out is in no bucket. A span with no object out goes back to the
 //!   page heap at once, except that each class keeps at most one such span (`empty_kept`) so
 //!   that a program cycling around a span boundary does not bounce it through the page heap.
 //! - `free_objects` = free + uncarved objects over the class's spans; `spans` counts them.
@@ -19,9 +22,13 @@ use crate::types::PageId;
 use core::ptr;
 use crossbeam_utils::CachePadded;
 
+/// Fullness buckets per class.
+const BUCKETS: usize = 8;
+
 pub struct CentralFreeList {
-    nonempty: SpanList,
-    /// Wholly free spans kept in `nonempty` (0 or 1).
+    buckets: [SpanList; BUCKETS],
+    mask: u8,
+    /// Wholly free spans kept in bucket 0 (0 or 1).
     empty_kept: usize,
     pub free_objects: usize,
     pub spans: usize,
@@ -32,7 +39,8 @@ unsafe impl Send for CentralFreeList {}
 
 pub static CENTRAL: [CachePadded<SpinLock<CentralFreeList>>; NUM_CLASSES] = [const {
     CachePadded::new(SpinLock::new(CentralFreeList {
-        nonempty: SpanList::new(),
+        buckets: [const { SpanList::new() }; BUCKETS],
+        mask: 0,
         empty_kept: 0,
         free_objects: 0,
         spans: 0,
@@ -55,6 +63,59 @@ impl Chain {
     };
 }
 
+impl CentralFreeList {
+    /// Links `s` into the bucket its fullness calls for.
+    ///
+    /// # Safety
+    /// `s` is a valid small span of this list's class, in no list, with a free object.
+    unsafe fn link(&mut self, s: *mut Span, per_span: usize) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let b = ((*s).allocated * BUCKETS / per_span).min(BUCKETS - 1);
+            (*s).bucket = b as u8;
+            self.buckets[b].push_front(s);
+            self.mask |= 1 << b;
+        }
+    }
+
+    /// # Safety
+    /// `s` is linked into this list.
+    unsafe fn unlink(&mut self, s: *mut Span) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let b = (*s).bucket as usize;
+            self.buckets[b].remove(s);
+            if self.buckets[b].is_empty() {
+                self.mask &= !(1 << b);
+            }
+        }
+    }
+
+    /// Moves `s` to the bucket for its current fullness, if that changed.
+    ///
+    /// # Safety
+    /// `s` is linked into this list.
+    unsafe fn rebucket(&mut self, s: *mut Span, per_span: usize) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let b = ((*s).allocated * BUCKETS / per_span).min(BUCKETS - 1);
+            if b != (*s).bucket as usize {
+                self.unlink(s);
+                self.link(s, per_span);
+            }
+        }
+    }
+
+    /// The fullest span with a free object, or null.
+    fn fullest(&self) -> *mut Span {
+        if self.mask == 0 {
+            return core::ptr::null_mut();
+        }
+        let b = 7 - self.mask.leading_zeros() as usize;
+        self.buckets[b].first()
+    }
+}
+
 /// Takes up to `n` objects of `class`, carving new spans from the page heap as needed.
 /// Returns fewer (possibly none) only when the page heap cannot supply memory.
 pub fn remove_range(class: SizeClass, n: usize) -> Chain {
@@ -62,8 +123,9 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
     let mut chain = Chain::EMPTY;
     let info = class.info();
     let size = info.size as usize;
+    let per_span = info.objects_per_span as usize;
     while chain.count < n {
-        let mut s = list.nonempty.first();
+        let mut s = list.fullest();
         if s.is_null() {
             s = page_heap::lock().alloc_small_span(class);
             if s.is_null() {
@@ -71,8 +133,8 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
             }
             list.spans += 1;
             list.free_objects += info.objects_per_span as usize;
-            // SAFETY: a fresh span, in no list.
-            unsafe { list.nonempty.push_front(s) };
+            // SAFETY: a fresh span, in no list, all objects free.
+            unsafe { list.link(s, per_span) };
         }
         // SAFETY: `s` is a valid small span of this class, owned by this list (lock held).
         unsafe {
@@ -100,7 +162,9 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
                 (*s).allocated += 1;
             }
             if (*s).free_objects.is_null() && (*s).carve >= (*s).carve_end {
-                list.nonempty.remove(s);
+                list.unlink(s);
+            } else {
+                list.rebucket(s, per_span);
             }
         }
     }
@@ -128,25 +192,57 @@ pub unsafe fn insert_range(class: SizeClass, head: *mut FreeObject, count: usize
             (*s).free_objects = obj;
             (*s).allocated -= 1;
             if (*s).allocated == 0 && list.empty_kept == 0 {
-                if !(*s).in_list {
-                    list.nonempty.push_front(s);
+                if (*s).in_list {
+                    list.rebucket(s, per_span);
+                } else {
+                    list.link(s, per_span);
                 }
                 list.empty_kept = 1;
                 list.free_objects += 1;
             } else if (*s).allocated == 0 {
                 if (*s).in_list {
-                    list.nonempty.remove(s);
+                    list.unlink(s);
                 }
                 list.spans -= 1;
                 list.free_objects -= per_span - 1;
                 page_heap::lock().dealloc(s);
             } else {
-                if !(*s).in_list {
-                    list.nonempty.push_front(s);
+                if (*s).in_list {
+                    list.rebucket(s, per_span);
+                } else {
+                    list.link(s, per_span);
                 }
                 list.free_objects += 1;
             }
             obj = next;
+        }
+    }
+}
+
+/// Returns the wholly free spans the lists keep (see `empty_kept`) to the page heap.
+pub fn release_kept_spans() {
+    for (c, l) in CENTRAL.iter().enumerate().skip(1) {
+        let mut list = l.lock();
+        if list.empty_kept == 0 {
+            continue;
+        }
+        let per_span = SizeClass(c as u8).info().objects_per_span as usize;
+        // The kept span has no object out, so it sits in bucket 0.
+        let mut s = list.buckets[0].first();
+        // SAFETY: spans in our buckets are valid and owned by this list (lock held).
+        unsafe {
+            while !s.is_null() {
+                let next = (*s).next;
+                if (*s).allocated == 0 {
+                    list.unlink(s);
+                    list.spans -= 1;
+                    list.free_objects -= per_span;
+                    list.empty_kept = 0;
+                    page_heap::lock().dealloc(s);
+                    break;
+                }
+                s = next;
+            }
         }
     }
 }

@@ -8,6 +8,8 @@
 //! |---|---|---|
 //! | `OXMALLOC_LARGE_ALLOC_REPORT_THRESHOLD` | bytes with optional K/M/G/T suffix; `0` or `off` disables | 1 GiB |
 //! | `OXMALLOC_HEAP_LIMIT` | bytes with optional suffix, or `auto` | none |
+//! | `OXMALLOC_RETAIN_MIN` | free page-heap bytes always allowed to stay resident | 1 MiB |
+//! | `OXMALLOC_RETAIN_PERCENT` | free resident bytes allowed beyond that, as a percentage of the bytes handed out | 6 |
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -15,6 +17,10 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 pub static LARGE_ALLOC_REPORT_THRESHOLD: AtomicUsize = AtomicUsize::new(1 << 30);
 /// Heap limit in bytes; 0 means none.
 pub static HEAP_LIMIT: AtomicUsize = AtomicUsize::new(0);
+/// Free page-heap bytes that may stay resident regardless of the heap's size.
+pub static RETAIN_MIN: AtomicUsize = AtomicUsize::new(1 << 20);
+/// Further free resident bytes allowed, in percent of the bytes handed out.
+pub static RETAIN_PERCENT: AtomicUsize = AtomicUsize::new(6);
 
 /// Parses "123", "64K", "1.5G", "2GiB", "512mb" (binary units, case-insensitive).
 pub fn parse_size(s: &[u8]) -> Option<usize> {
@@ -106,6 +112,18 @@ pub fn load() {
                 Some(n) => LARGE_ALLOC_REPORT_THRESHOLD.store(n, Ordering::Relaxed),
                 None => malformed("OXMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"),
             },
+        }
+    }
+    if let Some(v) = env(c"OXMALLOC_RETAIN_MIN") {
+        match parse_size(v) {
+            Some(n) => RETAIN_MIN.store(n, Ordering::Relaxed),
+            None => malformed("OXMALLOC_RETAIN_MIN"),
+        }
+    }
+    if let Some(v) = env(c"OXMALLOC_RETAIN_PERCENT") {
+        match parse_size(v).filter(|&p| p <= 1000) {
+            Some(n) => RETAIN_PERCENT.store(n, Ordering::Relaxed),
+            None => malformed("OXMALLOC_RETAIN_PERCENT"),
         }
     }
     if let Some(v) = env(c"OXMALLOC_HEAP_LIMIT") {

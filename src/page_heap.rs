@@ -12,6 +12,9 @@
 //! - `mapped_bytes` = pages in free lists + pages in small spans + pages in large spans, in bytes.
 //! - With a heap limit set, `small_span_pages + large_pages` (the pages handed out) never
 //!   exceeds it: `take` refuses first, recording the reason for the failure report.
+//! - After every free into the page heap, resident free pages are at most
+//!   `RETAIN_MIN + RETAIN_PERCENT%` of the pages handed out (see `enforce_retention`); the
+//!   longest runs are released first.
 //! - The page heap never calls into the central free lists, so the lock order
 //!   central free list -> page heap -> metadata arena cannot cycle.
 
@@ -24,7 +27,7 @@ use crate::span::{Span, SpanList, SpanState};
 use crate::sync::SpinLock;
 use crate::types::{Length, PageId, PAGE_SIZE};
 use core::ptr;
-use core::sync::atomic::Ordering;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Free spans up to this many pages sit in exact-length lists.
 pub const MAX_LISTED: usize = 128;
@@ -70,6 +73,10 @@ pub struct PageHeapStats {
 unsafe impl Send for PageHeap {}
 
 pub static PAGE_HEAP: SpinLock<PageHeap> = SpinLock::new(PageHeap::new());
+
+/// Bytes in spans handed out (small spans and large blocks), published for lock-free readers
+/// that size caches to the heap.
+pub static ACTIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
 impl PageHeap {
     const fn new() -> PageHeap {
@@ -214,6 +221,9 @@ impl PageHeap {
                 let prev = pagemap::span_of(PageId((*s).start.0 - 1));
                 if !prev.is_null() && (*prev).state == state && (*prev).in_list {
                     self.remove_free(prev);
+                    // Our old first page becomes interior: interior pages must map to null,
+                    // or a later split at this boundary would find a stale record.
+                    pagemap::set((*s).start, ptr::null_mut(), SizeClass::LARGE);
                     pagemap::set((*prev).start, ptr::null_mut(), SizeClass::LARGE);
                     pagemap::set((*prev).last_page(), ptr::null_mut(), SizeClass::LARGE);
                     (*s).start = (*prev).start;
@@ -224,6 +234,7 @@ impl PageHeap {
             let next = pagemap::span_of((*s).start.offset((*s).len));
             if !next.is_null() && (*next).state == state && (*next).in_list {
                 self.remove_free(next);
+                pagemap::set((*s).last_page(), ptr::null_mut(), SizeClass::LARGE);
                 pagemap::set((*next).start, ptr::null_mut(), SizeClass::LARGE);
                 pagemap::set((*next).last_page(), ptr::null_mut(), SizeClass::LARGE);
                 (*s).len = Length((*s).len.0 + (*next).len.0);
@@ -352,11 +363,115 @@ impl PageHeap {
         s
     }
 
+    /// Publishes the pages handed out (for lock-free readers) and tracks their peak.
     fn note_active(&mut self) {
         let active = self.stats.small_span_pages + self.stats.large_pages;
         if active > self.stats.peak_active_pages {
             self.stats.peak_active_pages = active;
         }
+        ACTIVE_BYTES.store(active * PAGE_SIZE, Ordering::Relaxed);
+    }
+
+    /// The release policy: free resident pages may total at most
+    /// `RETAIN_MIN + RETAIN_PERCENT% of the bytes handed out`. Past that, the longest free
+    /// resident runs are released until half of that allowance is left, so a program that frees
+    /// and reallocates around the threshold does not pay a madvise per free.
+    fn enforce_retention(&mut self) {
+        let active = (self.stats.small_span_pages + self.stats.large_pages) * PAGE_SIZE;
+        let allowance = crate::config::RETAIN_MIN
+            .load(Ordering::Relaxed)
+            .saturating_add(active / 100 * crate::config::RETAIN_PERCENT.load(Ordering::Relaxed));
+        if self.stats.free_pages * PAGE_SIZE <= allowance {
+            return;
+        }
+        let target = allowance / 2;
+        while self.stats.free_pages * PAGE_SIZE > target {
+            let s = self.longest_resident();
+            if s.is_null() {
+                break;
+            }
+            // SAFETY: `s` is a valid free span in its list.
+            unsafe {
+                self.remove_free(s);
+                if self.release_span(s) == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Checks the free-list invariants: every free span is in the list its length and state
+    /// call for, its ends map to it, its interior maps to null, and no two free spans overlap.
+    /// For tests; O(spans^2) over the first 1024 free spans.
+    pub fn check_invariants(&self) -> Result<(), &'static str> {
+        let mut seen = [(0usize, 0usize); 1024];
+        let mut n = 0;
+        for len in 1..=MAX_LISTED + 1 {
+            let long = len > MAX_LISTED;
+            for (list, state) in [
+                (
+                    if long {
+                        &self.long_free
+                    } else {
+                        &self.free[len]
+                    },
+                    SpanState::Free,
+                ),
+                (
+                    if long {
+                        &self.long_returned
+                    } else {
+                        &self.returned[len]
+                    },
+                    SpanState::Returned,
+                ),
+            ] {
+                let mut x = list.first();
+                while !x.is_null() {
+                    // SAFETY: spans in our lists are valid records.
+                    let sp = unsafe { &*x };
+                    if sp.state != state
+                        || (!long && sp.len.0 != len)
+                        || (long && sp.len.0 <= MAX_LISTED)
+                    {
+                        return Err("a free span is in the wrong list");
+                    }
+                    if pagemap::span_of(sp.start) != x || pagemap::span_of(sp.last_page()) != x {
+                        return Err("a free span's ends do not map to it");
+                    }
+                    for p in sp.start.0 + 1..sp.start.0 + sp.len.0 - 1 {
+                        if !pagemap::span_of(PageId(p)).is_null() {
+                            return Err("an interior page of a free span maps to a span");
+                        }
+                    }
+                    let (a, b) = (sp.start.0, sp.start.0 + sp.len.0);
+                    if seen[..n].iter().any(|&(c, d)| a < d && c < b) {
+                        return Err("two free spans overlap");
+                    }
+                    if n < seen.len() {
+                        seen[n] = (a, b);
+                        n += 1;
+                    }
+                    x = sp.next;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The longest resident free span (any of the long list, else the longest listed length).
+    fn longest_resident(&self) -> *mut Span {
+        if !self.long_free.is_empty() {
+            return self.long_free.first();
+        }
+        for word in (0..self.free_mask.len()).rev() {
+            let bits = self.free_mask[word];
+            if bits != 0 {
+                let len = word * 64 + 63 - bits.leading_zeros() as usize;
+                return self.free[len].first();
+            }
+        }
+        ptr::null_mut()
     }
 
     /// A span of `n` pages whose start is a multiple of `align` bytes, for one large allocation
@@ -461,6 +576,8 @@ impl PageHeap {
             (*s).allocated = 0;
             self.merge_and_insert(s);
         }
+        self.note_active();
+        self.enforce_retention();
     }
 
     /// Shrinks large span `s` to `n` pages in place, freeing the tail.
@@ -484,6 +601,8 @@ impl PageHeap {
             (*r).state = SpanState::Free;
             self.merge_and_insert(r);
         }
+        self.note_active();
+        self.enforce_retention();
     }
 
     /// Grows large span `s` to `n` pages in place if the pages after it are free.

@@ -48,6 +48,8 @@ pub struct Span {
     pub class: SizeClass,
     pub state: SpanState,
     pub in_list: bool,
+    /// Small spans: the central list's fullness bucket the span is linked into.
+    pub bucket: u8,
     /// Large spans: whether the pages were all zero when handed out (used by realloc/calloc).
     pub zeroed: bool,
 }
@@ -66,6 +68,7 @@ impl Span {
             class: SizeClass::LARGE,
             state: SpanState::Free,
             in_list: false,
+            bucket: 0,
             zeroed: false,
         }
     }

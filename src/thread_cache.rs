@@ -12,6 +12,9 @@
 //! - At thread exit a pthread key destructor hands every object back (no memory is stranded in
 //!   dead threads) and marks the cache `TORN_DOWN`; later calls on that thread bypass it.
 //! - The hit paths take no lock and use no atomic instruction.
+//! - A cache's budget is its share of `TOTAL_BUDGET` over the live threads, capped at 1/8 of the
+//!   bytes the heap has handed out and clamped to [256 KiB, 4 MiB]; it is re-evaluated on the
+//!   slow paths, so a thread that frees most of the heap trims its own cache as it goes.
 
 use crate::central_free_list::Chain;
 use crate::size_class::{SizeClass, NUM_CLASSES};
@@ -325,6 +328,11 @@ unsafe fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
         let chain = list.pop_chain(n);
         (*tc).budget.add(n * class.size());
         transfer_cache::insert(class, chain);
+        // The heap may have shrunk since the budget was set: follow it.
+        set_max_size(tc, per_thread_budget());
+        if (*tc).over_budget() {
+            scavenge(tc);
+        }
     }
 }
 
@@ -401,9 +409,14 @@ unsafe fn set_max_size(tc: *mut ThreadCache, max: usize) {
     }
 }
 
+/// A thread's share of the total budget, and never more than 1/8 of the bytes the heap has
+/// handed out, so caches shrink with the heap when a program frees most of its memory.
 fn per_thread_budget() -> usize {
     let threads = ACTIVE_THREADS.load(Ordering::Relaxed).max(1);
-    (TOTAL_BUDGET / threads).clamp(MIN_PER_THREAD, MAX_PER_THREAD)
+    let by_heap = crate::page_heap::ACTIVE_BYTES.load(Ordering::Relaxed) / 8;
+    (TOTAL_BUDGET / threads)
+        .min(by_heap)
+        .clamp(MIN_PER_THREAD, MAX_PER_THREAD)
 }
 
 fn alloc_uncached(class: SizeClass, size: usize) -> *mut u8 {

@@ -2,7 +2,8 @@
 //!
 //! Invariants (under the class's lock):
 //! - Every stored chain holds exactly the class's batch size of objects.
-//! - At most `capacity(class)` chains are stored, so a class keeps at most about 256 KiB here.
+//! - At most `capacity(class)` chains are stored: a class keeps at most about 256 KiB here, and
+//!   no more than 1/1024 of the heap's handed-out bytes beyond one batch.
 //! - The lock is never held while calling the central free list: a full or empty transfer cache
 //!   falls through to the central list after unlocking.
 
@@ -31,12 +32,20 @@ pub static TRANSFER: [CachePadded<SpinLock<TransferCache>>; NUM_CLASSES] = [cons
     }))
 }; NUM_CLASSES];
 
-/// How many batches class `class` may keep here.
+/// How many batches class `class` may keep here: about `TARGET_BYTES`, but no more than
+/// 1/1024 of the bytes the heap has handed out, and at least one batch.
 #[inline]
 pub fn capacity(class: SizeClass) -> usize {
     let info = class.info();
     let batch_bytes = info.batch as usize * info.size as usize;
-    (TARGET_BYTES / batch_bytes).clamp(1, MAX_SLOTS)
+    let active = crate::page_heap::ACTIVE_BYTES.load(core::sync::atomic::Ordering::Relaxed);
+    (TARGET_BYTES.min(active / 1024) / batch_bytes).clamp(1, MAX_SLOTS)
+}
+
+/// [`capacity`] when the heap is large (for documentation and tables).
+pub fn max_capacity(class: SizeClass) -> usize {
+    let info = class.info();
+    (TARGET_BYTES / (info.batch as usize * info.size as usize)).clamp(1, MAX_SLOTS)
 }
 
 /// Hands a chain of `chain.count` objects of `class` over to other threads.
@@ -44,17 +53,30 @@ pub fn capacity(class: SizeClass) -> usize {
 /// # Safety
 /// The chain holds distinct objects of `class` that the program no longer uses.
 pub unsafe fn insert(class: SizeClass, chain: Chain) {
-    if chain.count == class.info().batch as usize {
+    let batch = class.info().batch as usize;
+    let mut excess = None;
+    if chain.count == batch {
         let mut tc = TRANSFER[class.index()].lock();
-        if tc.used < capacity(class) {
+        let cap = capacity(class);
+        if tc.used < cap {
             let i = tc.used;
             tc.slots[i] = (chain.head, chain.tail);
             tc.used += 1;
             return;
         }
+        if tc.used > cap {
+            // The heap shrank: shed one stored batch along with this one.
+            tc.used -= 1;
+            excess = Some(tc.slots[tc.used].0);
+        }
     }
-    // SAFETY: forwarded from the caller.
-    unsafe { central_free_list::insert_range(class, chain.head, chain.count) }
+    // SAFETY: forwarded from the caller; a stored chain holds a whole batch of free objects.
+    unsafe {
+        central_free_list::insert_range(class, chain.head, chain.count);
+        if let Some(head) = excess {
+            central_free_list::insert_range(class, head, batch);
+        }
+    }
 }
 
 /// Takes up to `n` objects of `class`: a stored batch when `n` is the batch size, otherwise

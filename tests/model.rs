@@ -419,7 +419,12 @@ fn run_ops(ops: &[Op]) -> Result<(), String> {
             Op::Realloc { which, new_size } => model.realloc(which, new_size),
             Op::Dealloc { which } => model.dealloc(which),
         })
-        .and_then(|()| model.free_all());
+        .and_then(|()| model.free_all())
+        .and_then(|()| {
+            oxmalloc::page_heap::lock()
+                .check_invariants()
+                .map_err(|e| format!("page heap invariant broken: {e}"))
+        });
     result.map_err(|err| format!("{err}\nexecuted operations:\n{}", model.trace))
 }
 

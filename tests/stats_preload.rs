@@ -97,8 +97,12 @@ grew = after["large_in_use_bytes"] - before["large_in_use_bytes"]
 assert 150_000_000 <= grew < 150_000_000 + 8192, grew
 assert after["in_use_bytes"] >= after["large_in_use_bytes"]
 assert "in use by the program" in oxmalloc.stats_text()
+released_before = after["released_bytes_total"]
 del b
-assert oxmalloc.release() >= 150_000_000
+oxmalloc.release()
+final = oxmalloc.stats()
+assert final["released_bytes_total"] - released_before >= 150_000_000, final["released_bytes_total"]
+assert final["page_heap_free_bytes"] == 0
 print("module ok")
 "#;
     let out = Command::new(python())
