@@ -1,49 +1,143 @@
-//! The metadata arena: memory for the allocator's own records (spans), straight from the OS.
+//! The metadata arena: memory for span records, straight from the OS, given back when unused.
 //!
-//! Invariants: records are carved from 1 MiB chunks mapped by the OS layer and are never
-//! returned to the OS (span records are recycled by the page heap's pool instead). Nothing here
-//! touches the global allocator, so it is safe when oxmalloc *is* the global allocator.
+//! Invariants (all under the page heap lock, which owns the arena):
+//! - Records are carved from 1 MiB chunks aligned to 1 MiB, so a record's chunk is found by
+//!   masking its address. Each chunk's header counts its live records (`live`), keeps a free
+//!   list of records returned to it, and a bump offset below which records were handed out.
+//! - A chunk whose last record is freed (other than the chunk currently allocated from) has its
+//!   pages released to the OS and its free list and bump offset reset, so a heap that empties
+//!   also sheds the records that described it.
+//! - Nothing here touches the global allocator.
 
 use crate::os;
-use crate::sync::SpinLock;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use crate::span::Span;
+use core::ptr;
 
 const CHUNK: usize = 1 << 20;
+const MAX_CHUNKS: usize = 1 << 14;
+const OS_PAGE: usize = 4096;
+const RECORD: usize = core::mem::size_of::<Span>().next_multiple_of(8);
 
-struct Arena {
-    next: usize,
-    end: usize,
+#[repr(C)]
+struct ChunkHeader {
+    live: usize,
+    free: *mut Span,
+    bump: usize,
+    released: bool,
 }
 
-static ARENA: SpinLock<Arena> = SpinLock::new(Arena { next: 0, end: 0 });
-static MAPPED: AtomicUsize = AtomicUsize::new(0);
-static USED: AtomicUsize = AtomicUsize::new(0);
+/// Records start after the header, on the chunk's first cache line boundary past it.
+const FIRST: usize = core::mem::size_of::<ChunkHeader>().next_multiple_of(64);
 
-/// Bytes mapped for the arena.
-pub fn mapped_bytes() -> usize {
-    MAPPED.load(Ordering::Relaxed)
+pub struct RecordArena {
+    chunks: [*mut ChunkHeader; MAX_CHUNKS],
+    count: usize,
+    current: usize,
+    /// Chunks whose pages are released (not resident).
+    released: usize,
 }
 
-/// Bytes of the arena handed out as records.
-pub fn used_bytes() -> usize {
-    USED.load(Ordering::Relaxed)
-}
-
-/// Returns zeroed memory for `size` bytes aligned to `align` (a power of two <= 4096), or null.
-pub fn alloc(size: usize, align: usize) -> *mut u8 {
-    debug_assert!(align.is_power_of_two() && align <= 4096 && size <= CHUNK);
-    let mut a = ARENA.lock();
-    let mut start = (a.next + align - 1) & !(align - 1);
-    if a.next == 0 || start + size > a.end {
-        let Some(mem) = os::map(CHUNK) else {
-            return core::ptr::null_mut();
-        };
-        MAPPED.fetch_add(CHUNK, Ordering::Relaxed);
-        a.next = mem as usize;
-        a.end = a.next + CHUNK;
-        start = a.next;
+impl RecordArena {
+    pub const fn new() -> Self {
+        RecordArena {
+            chunks: [ptr::null_mut(); MAX_CHUNKS],
+            count: 0,
+            current: 0,
+            released: 0,
+        }
     }
-    a.next = start + size;
-    USED.fetch_add(size, Ordering::Relaxed);
-    start as *mut u8
+
+    /// Bytes mapped for records.
+    pub fn mapped_bytes(&self) -> usize {
+        self.count * CHUNK
+    }
+
+    /// Bytes of mapped chunks not released to the OS.
+    pub fn resident_bytes(&self) -> usize {
+        (self.count - self.released) * CHUNK
+    }
+
+    fn has_room(h: *mut ChunkHeader) -> bool {
+        // SAFETY: chunk headers are valid while mapped, and chunks are never unmapped.
+        unsafe { !(*h).free.is_null() || (*h).bump + RECORD <= CHUNK }
+    }
+
+    /// An uninitialised record, or null when the OS refuses memory.
+    pub fn alloc(&mut self) -> *mut Span {
+        if self.count == 0 || !Self::has_room(self.chunks[self.current]) {
+            match (0..self.count).find(|&i| Self::has_room(self.chunks[i])) {
+                Some(i) => self.current = i,
+                None => {
+                    if self.count == MAX_CHUNKS {
+                        return ptr::null_mut();
+                    }
+                    let Some(mem) = os::map_aligned(CHUNK, CHUNK) else {
+                        return ptr::null_mut();
+                    };
+                    let h = mem as *mut ChunkHeader;
+                    // SAFETY: fresh memory of CHUNK bytes, ours alone.
+                    unsafe {
+                        h.write(ChunkHeader {
+                            live: 0,
+                            free: ptr::null_mut(),
+                            bump: FIRST,
+                            released: false,
+                        })
+                    };
+                    self.chunks[self.count] = h;
+                    self.current = self.count;
+                    self.count += 1;
+                }
+            }
+        }
+        let h = self.chunks[self.current];
+        // SAFETY: `h` is a mapped chunk header with room (checked above).
+        unsafe {
+            if (*h).released {
+                (*h).released = false;
+                self.released -= 1;
+            }
+            let r = if !(*h).free.is_null() {
+                let r = (*h).free;
+                (*h).free = (*r).next;
+                r
+            } else {
+                let r = (h as usize + (*h).bump) as *mut Span;
+                (*h).bump += RECORD;
+                r
+            };
+            (*h).live += 1;
+            r
+        }
+    }
+
+    /// Returns a record; releases its chunk's pages when it was the chunk's last live record.
+    ///
+    /// # Safety
+    /// `r` came from [`alloc`](Self::alloc) and nothing refers to it any more.
+    pub unsafe fn free(&mut self, r: *mut Span) {
+        let h = (r as usize & !(CHUNK - 1)) as *mut ChunkHeader;
+        // SAFETY: every record lies in a chunk whose header starts at the chunk's base.
+        unsafe {
+            (*r).next = (*h).free;
+            (*h).free = r;
+            (*h).live -= 1;
+            if (*h).live == 0 && h != self.chunks[self.current] {
+                // Release everything past the header's page; records there are forgotten.
+                os::release((h as usize + OS_PAGE) as *mut u8, CHUNK - OS_PAGE);
+                (*h).free = ptr::null_mut();
+                (*h).bump = FIRST;
+                if !(*h).released {
+                    (*h).released = true;
+                    self.released += 1;
+                }
+            }
+        }
+    }
+}
+
+impl Default for RecordArena {
+    fn default() -> Self {
+        Self::new()
+    }
 }

@@ -27,7 +27,7 @@ use crate::span::{Span, SpanList, SpanState};
 use crate::sync::SpinLock;
 use crate::types::{Length, PageId, PAGE_SIZE};
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Free spans up to this many pages sit in exact-length lists.
 pub const MAX_LISTED: usize = 128;
@@ -44,8 +44,8 @@ pub struct PageHeap {
     /// Bit `len` set when `free[len]` (resp. `returned[len]`) is non-empty.
     free_mask: [u64; 3],
     returned_mask: [u64; 3],
-    /// Recycled span records, linked through `next`.
-    pool: *mut Span,
+    /// Span records.
+    records: metadata::RecordArena,
     pub stats: PageHeapStats,
 }
 
@@ -78,6 +78,14 @@ pub static PAGE_HEAP: SpinLock<PageHeap> = SpinLock::new(PageHeap::new());
 /// that size caches to the heap.
 pub static ACTIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 
+/// True from a release by the retention policy until the next span is taken: the heap is
+/// shrinking, and free objects parked in transfer caches would pin partly used spans, so
+/// transfer caches pass batches straight on to the central lists meanwhile.
+pub static SHRINKING: AtomicBool = AtomicBool::new(false);
+/// Set with `SHRINKING`: the next thread on a free slow path drains the transfer caches (the
+/// page heap may not take their locks itself).
+pub static DRAIN_REQUESTED: AtomicBool = AtomicBool::new(false);
+
 impl PageHeap {
     const fn new() -> PageHeap {
         PageHeap {
@@ -87,7 +95,7 @@ impl PageHeap {
             long_returned: SpanList::new(),
             free_mask: [0; 3],
             returned_mask: [0; 3],
-            pool: ptr::null_mut(),
+            records: metadata::RecordArena::new(),
             stats: PageHeapStats {
                 mapped_bytes: 0,
                 free_pages: 0,
@@ -106,15 +114,7 @@ impl PageHeap {
     }
 
     fn new_record(&mut self) -> *mut Span {
-        let s = if self.pool.is_null() {
-            metadata::alloc(core::mem::size_of::<Span>(), core::mem::align_of::<Span>())
-                as *mut Span
-        } else {
-            let s = self.pool;
-            // SAFETY: pool records are valid, unused span records.
-            self.pool = unsafe { (*s).next };
-            s
-        };
+        let s = self.records.alloc();
         if !s.is_null() {
             // SAFETY: `s` is a valid record we own exclusively.
             unsafe { s.write(Span::empty()) };
@@ -124,11 +124,12 @@ impl PageHeap {
 
     fn free_record(&mut self, s: *mut Span) {
         // SAFETY: `s` is a record no list or pagemap entry refers to any more.
-        unsafe {
-            (*s).state = SpanState::Free;
-            (*s).next = self.pool;
-        }
-        self.pool = s;
+        unsafe { self.records.free(s) };
+    }
+
+    /// Bytes mapped for span records, and of those still resident.
+    pub fn record_bytes(&self) -> (usize, usize) {
+        (self.records.mapped_bytes(), self.records.resident_bytes())
     }
 
     fn update_mask(&mut self, len: Length, state: SpanState) {
@@ -329,6 +330,9 @@ impl PageHeap {
     /// The result keeps its free state (`Free` or `Returned`, telling whether it is zeroed) and
     /// is in no list; the caller sets its state and pagemap entries.
     fn take(&mut self, n: Length) -> *mut Span {
+        if SHRINKING.load(Ordering::Relaxed) {
+            SHRINKING.store(false, Ordering::Relaxed);
+        }
         let limit = crate::config::HEAP_LIMIT.load(Ordering::Relaxed);
         if limit != 0 {
             let active = self.stats.small_span_pages + self.stats.large_pages;
@@ -385,6 +389,8 @@ impl PageHeap {
             return;
         }
         let target = allowance / 2;
+        SHRINKING.store(true, Ordering::Relaxed);
+        DRAIN_REQUESTED.store(true, Ordering::Relaxed);
         while self.stats.free_pages * PAGE_SIZE > target {
             let s = self.longest_resident();
             if s.is_null() {

@@ -333,6 +333,11 @@ unsafe fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
         if (*tc).over_budget() {
             scavenge(tc);
         }
+        if crate::page_heap::DRAIN_REQUESTED.load(Ordering::Relaxed)
+            && crate::page_heap::DRAIN_REQUESTED.swap(false, Ordering::Relaxed)
+        {
+            transfer_cache::drain_all();
+        }
     }
 }
 

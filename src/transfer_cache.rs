@@ -4,6 +4,8 @@
 //! - Every stored chain holds exactly the class's batch size of objects.
 //! - At most `capacity(class)` chains are stored: a class keeps at most about 256 KiB here, and
 //!   no more than 1/1024 of the heap's handed-out bytes beyond one batch.
+//! - While the page heap is shrinking (`page_heap::SHRINKING`), nothing is stored: batches go
+//!   straight to the central lists, so that parked objects do not pin partly used spans.
 //! - The lock is never held while calling the central free list: a full or empty transfer cache
 //!   falls through to the central list after unlocking.
 
@@ -55,7 +57,8 @@ pub fn max_capacity(class: SizeClass) -> usize {
 pub unsafe fn insert(class: SizeClass, chain: Chain) {
     let batch = class.info().batch as usize;
     let mut excess = None;
-    if chain.count == batch {
+    let shrinking = crate::page_heap::SHRINKING.load(core::sync::atomic::Ordering::Relaxed);
+    if chain.count == batch && !shrinking {
         let mut tc = TRANSFER[class.index()].lock();
         let cap = capacity(class);
         if tc.used < cap {

@@ -246,17 +246,15 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
 }
 
 /// `memalign(3)`: like glibc, an alignment that is not a power of two is rounded up to one,
-/// and one below the minimum is raised to it.
+/// one below the minimum is raised to it, one above `SIZE_MAX / 2 + 1` is EINVAL, and one too
+/// large to satisfy is ENOMEM.
 #[no_mangle]
 pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
-    let align = match align.max(MIN_ALIGN).checked_next_power_of_two() {
-        Some(a) if a <= isize::MAX as usize / 2 + 1 => a,
-        _ => {
-            set_errno(libc::EINVAL);
-            return ptr::null_mut();
-        }
+    let Some(align) = align.max(MIN_ALIGN).checked_next_power_of_two() else {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
     };
-    if size > isize::MAX as usize - align {
+    if align > isize::MAX as usize / 2 + 1 || size > isize::MAX as usize - align {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     }

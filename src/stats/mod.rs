@@ -290,7 +290,7 @@ pub fn snapshot() -> Stats {
         page_heap_free_bytes: 0,
         released_bytes: 0,
         released_bytes_total: 0,
-        metadata_bytes: crate::metadata::mapped_bytes() + crate::pagemap::metadata_bytes(),
+        metadata_bytes: crate::pagemap::metadata_bytes(),
         mapped_bytes: 0,
         rss_bytes: rss_bytes(),
         internal_fragmentation_bytes: 0,
@@ -360,6 +360,7 @@ pub fn snapshot() -> Stats {
     }
     let heap = {
         let h = page_heap::lock();
+        st.metadata_bytes += h.record_bytes().1;
         let longest = h.free_runs(&mut st.free_runs_resident, &mut st.free_runs_released);
         st.largest_free_run_bytes = longest * PAGE_SIZE;
         h.stats
