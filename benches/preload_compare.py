@@ -311,6 +311,8 @@ def main():
                     help="comma-separated substrings; only workloads whose label contains one")
     ap.add_argument("--allocators", metavar="LIST",
                     help="comma-separated subset of glibc,oxmalloc,jemalloc,tcmalloc,mimalloc")
+    ap.add_argument("--alloc", metavar="NAME=PATH", action="append", default=[],
+                    help="another allocator to preload (repeatable), e.g. --alloc old=/tmp/old.so")
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="seconds before a process is killed and counted as failed (default 120)")
     ap.add_argument("--cc", default=os.environ.get("CC", "cc"), help="C compiler (default $CC or cc)")
@@ -343,6 +345,15 @@ def main():
             allocators.append((name, path))
         else:
             missing_peers.append(name)
+    for spec in args.alloc:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not os.path.exists(path):
+            ap.error(f"--alloc wants NAME=PATH of an existing library, got {spec!r}")
+        # A private copy, as for oxmalloc.
+        os.makedirs(OUT_DIR, exist_ok=True)
+        copy = os.path.join(OUT_DIR, f"lib{name}.snapshot.so")
+        shutil.copyfile(path, copy)
+        allocators.append((name, copy))
     if args.allocators:
         want = [a.strip() for a in args.allocators.split(",") if a.strip()]
         unknown = set(want) - {n for n, _ in allocators}

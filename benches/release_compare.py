@@ -1,0 +1,98 @@
+#!/usr/bin/env python3
+"""Memory given back: fill, free, and measure resident memory, beside the peer allocators.
+
+Runs, as fresh processes under each allocator (interleaved, --runs times, medians reported):
+  * fill/free, same thread:  tests/c_release/fill_free.c same 1024 64
+  * fill/free, cross-thread: tests/c_release/fill_free.c cross 1024 64
+  * Python (PYTHONMALLOC=malloc): 3M small objects + 160 MiB of bytearrays, del, gc.collect()
+Each program reports its own RSS before the fill, at the peak and after the free (from
+/proc/self/statm); wall time is measured around the process.
+
+usage: python3 benches/release_compare.py [--runs N] [--alloc NAME=PATH ...]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIBDIR = "/usr/lib/x86_64-linux-gnu"
+PEERS = [("jemalloc", "libjemalloc.so.2"), ("tcmalloc", "libtcmalloc_minimal.so.4"),
+         ("mimalloc", "libmimalloc.so.2")]
+PY_SCRIPT = r"""
+import gc, os
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 10
+start = rss()
+data = [(i, str(i), [i] * 3) for i in range(3_000_000)]
+blobs = [bytearray(8 << 20) for _ in range(20)]
+peak = rss()
+del data, blobs
+gc.collect()
+print(start, peak, rss())
+"""
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--ox", default=os.path.join(ROOT, "target/release/liboxmalloc.so"))
+    ap.add_argument("--alloc", action="append", default=[], metavar="NAME=PATH")
+    args = ap.parse_args()
+    exe = os.path.join(ROOT, "target/c-bench/fill_free")
+    os.makedirs(os.path.dirname(exe), exist_ok=True)
+    subprocess.run(["cc", "-O2", "-pthread", "-o", exe,
+                    os.path.join(ROOT, "tests/c_release/fill_free.c")], check=True)
+    python = subprocess.run([sys.executable, "-c", "import sys; print(sys.executable)"],
+                            capture_output=True, text=True).stdout.strip()
+    allocs = [("glibc", None), ("oxmalloc", args.ox)]
+    allocs += [(n, os.path.join(LIBDIR, f)) for n, f in PEERS if os.path.exists(os.path.join(LIBDIR, f))]
+    allocs += [tuple(a.split("=", 1)) for a in args.alloc]
+    workloads = [
+        ("fill/free 1 GiB, same thread", [exe, "same", "1024", "64"], {}),
+        ("fill/free 1 GiB, cross-thread", [exe, "cross", "1024", "64"], {}),
+        ("Python del + gc", [python, "-c", PY_SCRIPT], {"PYTHONMALLOC": "malloc"}),
+    ]
+    results = {}
+    for r in range(args.runs):
+        for w, cmd, extra in workloads:
+            order = allocs[r % len(allocs):] + allocs[:r % len(allocs)]
+            for name, lib in order:
+                env = dict(os.environ, **extra)
+                env.pop("LD_PRELOAD", None)
+                if lib:
+                    env["LD_PRELOAD"] = lib
+                t = time.perf_counter()
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                wall = time.perf_counter() - t
+                if out.returncode != 0:
+                    print(f"{name} failed on {w}: {out.stderr[-300:]}", file=sys.stderr)
+                    continue
+                before, peak, after = map(int, out.stdout.split()[:3])
+                results.setdefault((w, name), []).append((before, peak, after, wall))
+            print(f"run {r + 1}/{args.runs}: {w} done", file=sys.stderr)
+    names = [n for n, _ in allocs]
+    print(f"Command: `python3 benches/release_compare.py --runs {args.runs}`; "
+          f"medians of {args.runs} interleaved runs; RSS in MiB.\n")
+    for w, _, _ in workloads:
+        print(f"**{w}**\n")
+        print("| allocator | RSS before | peak RSS | RSS after free | wall s |")
+        print("|---|---:|---:|---:|---:|")
+        for n in names:
+            rs = results.get((w, n))
+            if not rs:
+                print(f"| {n} | failed | | | |")
+                continue
+            med = [statistics.median(x[i] for x in rs) for i in range(4)]
+            print(f"| {n} | {med[0] / 1024:.1f} | {med[1] / 1024:.1f} | {med[2] / 1024:.1f} | {med[3]:.2f} |")
+        afters = {n: statistics.median(x[2] for x in results[(w, n)]) for n in names if (w, n) in results}
+        peers = [v for n, v in afters.items() if n not in ("oxmalloc",) and "=" not in n and n in dict(allocs) and n != "oxmalloc"]
+        if "oxmalloc" in afters and peers:
+            print(f"\nRSS after free, best other allocator / oxmalloc: {min(peers) / afters['oxmalloc']:.1f}x\n")
+
+
+if __name__ == "__main__":
+    main()
