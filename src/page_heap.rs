@@ -29,6 +29,11 @@ use crate::types::{Length, PageId, PAGE_SIZE};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+/// Bounds of the retention boost: the first regret allows this much more to stay resident, and
+/// each further one doubles it up to the maximum.
+const RETAIN_BOOST_MIN: usize = 4 << 20;
+const RETAIN_BOOST_MAX: usize = 1 << 30;
+
 /// Free spans up to this many pages sit in exact-length lists.
 pub const MAX_LISTED: usize = 128;
 /// The heap grows by at least this much address space at a time.
@@ -46,6 +51,13 @@ pub struct PageHeap {
     returned_mask: [u64; 3],
     /// Span records.
     records: metadata::RecordArena,
+    /// Bytes released by the retention policy that have not been taken back yet.
+    released_recently: usize,
+    /// Extra bytes the retention policy lets stay resident because the program took released
+    /// pages back soon after they were released (see `enforce_retention`).
+    retain_boost: usize,
+    /// Whether released pages were taken back since the last release.
+    regretted: bool,
     pub stats: PageHeapStats,
 }
 
@@ -96,6 +108,9 @@ impl PageHeap {
             free_mask: [0; 3],
             returned_mask: [0; 3],
             records: metadata::RecordArena::new(),
+            released_recently: 0,
+            retain_boost: 0,
+            regretted: false,
             stats: PageHeapStats {
                 mapped_bytes: 0,
                 free_pages: 0,
@@ -354,6 +369,14 @@ impl PageHeap {
         }
         // SAFETY: `s` came from our free lists.
         unsafe {
+            if (*s).state == SpanState::Returned && self.released_recently > 0 {
+                // Pages the policy released are needed again: it released too eagerly for this
+                // program. Let more stay resident next time.
+                self.released_recently = self.released_recently.saturating_sub(n.bytes());
+                self.retain_boost =
+                    (self.retain_boost * 2).clamp(RETAIN_BOOST_MIN, RETAIN_BOOST_MAX);
+                self.regretted = true;
+            }
             self.remove_free(s);
             if (*s).len > n {
                 let r = self.split(s, n);
@@ -377,17 +400,29 @@ impl PageHeap {
     }
 
     /// The release policy: free resident pages may total at most
-    /// `RETAIN_MIN + RETAIN_PERCENT% of the bytes handed out`. Past that, the longest free
-    /// resident runs are released until half of that allowance is left, so a program that frees
-    /// and reallocates around the threshold does not pay a madvise per free.
+    /// `RETAIN_MIN + RETAIN_PERCENT% of the bytes handed out + boost`. Past that, the longest
+    /// free resident runs are released until half of that allowance is left, so a program that
+    /// frees and reallocates around the threshold does not pay a madvise per free.
+    ///
+    /// The boost learns from the program: when `take` has to hand out pages this policy released
+    /// and that were not taken back yet (a program that frees a batch and allocates it again),
+    /// the boost doubles (from 4 MiB up to 1 GiB), until what the program reuses stays resident;
+    /// each release with no such regret since the previous one halves it. A program that frees
+    /// most of its memory and does not take it back never raises the boost.
     fn enforce_retention(&mut self) {
         let active = (self.stats.small_span_pages + self.stats.large_pages) * PAGE_SIZE;
         let allowance = crate::config::RETAIN_MIN
             .load(Ordering::Relaxed)
-            .saturating_add(active / 100 * crate::config::RETAIN_PERCENT.load(Ordering::Relaxed));
+            .saturating_add(active / 100 * crate::config::RETAIN_PERCENT.load(Ordering::Relaxed))
+            .saturating_add(self.retain_boost);
         if self.stats.free_pages * PAGE_SIZE <= allowance {
             return;
         }
+        if !self.regretted {
+            // Nothing released last time was needed again: let the boost fade.
+            self.retain_boost /= 2;
+        }
+        self.regretted = false;
         let target = allowance / 2;
         SHRINKING.store(true, Ordering::Relaxed);
         DRAIN_REQUESTED.store(true, Ordering::Relaxed);
@@ -399,9 +434,11 @@ impl PageHeap {
             // SAFETY: `s` is a valid free span in its list.
             unsafe {
                 self.remove_free(s);
-                if self.release_span(s) == 0 {
+                let released = self.release_span(s);
+                if released == 0 {
                     break;
                 }
+                self.released_recently += released;
             }
         }
     }

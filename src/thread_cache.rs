@@ -12,9 +12,10 @@
 //! - At thread exit a pthread key destructor hands every object back (no memory is stranded in
 //!   dead threads) and marks the cache `TORN_DOWN`; later calls on that thread bypass it.
 //! - The hit paths take no lock and use no atomic instruction.
-//! - A cache's budget is its share of `TOTAL_BUDGET` over the live threads, capped at 1/8 of the
-//!   bytes the heap has handed out and clamped to [256 KiB, 4 MiB]; it is re-evaluated on the
-//!   slow paths, so a thread that frees most of the heap trims its own cache as it goes.
+//! - A cache's budget is its share of `TOTAL_BUDGET` over the live threads, clamped to
+//!   [256 KiB, 4 MiB], and while the page heap is shrinking also capped at 1/8 of the bytes it
+//!   hands out; it is re-evaluated on the slow paths, so a thread that frees most of the heap
+//!   trims its own cache as it goes.
 
 use crate::central_free_list::Chain;
 use crate::size_class::{SizeClass, NUM_CLASSES};
@@ -414,14 +415,16 @@ unsafe fn set_max_size(tc: *mut ThreadCache, max: usize) {
     }
 }
 
-/// A thread's share of the total budget, and never more than 1/8 of the bytes the heap has
-/// handed out, so caches shrink with the heap when a program frees most of its memory.
+/// A thread's share of the total budget; while the heap is shrinking, no more than 1/8 of the
+/// bytes it still hands out, so caches shrink with the heap when a program frees most of its
+/// memory (cached objects pin the partly used spans they belong to).
 fn per_thread_budget() -> usize {
     let threads = ACTIVE_THREADS.load(Ordering::Relaxed).max(1);
-    let by_heap = crate::page_heap::ACTIVE_BYTES.load(Ordering::Relaxed) / 8;
-    (TOTAL_BUDGET / threads)
-        .min(by_heap)
-        .clamp(MIN_PER_THREAD, MAX_PER_THREAD)
+    let mut budget = TOTAL_BUDGET / threads;
+    if crate::page_heap::SHRINKING.load(Ordering::Relaxed) {
+        budget = budget.min(crate::page_heap::ACTIVE_BYTES.load(Ordering::Relaxed) / 8);
+    }
+    budget.clamp(MIN_PER_THREAD, MAX_PER_THREAD)
 }
 
 fn alloc_uncached(class: SizeClass, size: usize) -> *mut u8 {
