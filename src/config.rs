@@ -80,7 +80,8 @@ fn trim(s: &[u8]) -> &[u8] {
     &s[start..end]
 }
 
-fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+/// The value of environment variable `name`, read with `getenv` (no allocation).
+pub fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
     // SAFETY: getenv with a NUL-terminated name; the entry is read at once.
     let p = unsafe { libc::getenv(name.as_ptr()) };
     if p.is_null() {

@@ -8,6 +8,7 @@
 use core::ffi::c_int;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU8, Ordering};
+use oxmalloc_core::config::env;
 use oxmalloc_core::stats::format::{write_json, write_summary, write_text, SliceWriter};
 use oxmalloc_core::sync::SpinLock;
 
@@ -149,17 +150,6 @@ static EXIT: SpinLock<ExitSettings> = SpinLock::new(ExitSettings {
     run_summary: [0; PATH_MAX],
 });
 static REPORTED: AtomicU8 = AtomicU8::new(0);
-
-fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
-    // SAFETY: getenv with a NUL-terminated name; the result lives as long as the environment
-    // entry, which we only read during this constructor.
-    let p = unsafe { libc::getenv(name.as_ptr()) };
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: getenv returns a NUL-terminated string.
-    Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
-}
 
 fn copy_path(dst: &mut [u8; PATH_MAX], src: &[u8]) -> bool {
     if src.is_empty() || src.len() >= PATH_MAX {
