@@ -7,6 +7,8 @@
 //!   is an object of class `c`; every other pointer is the start of a `Large` span. The sized
 //!   free path relies on recomputing the same class from the same layout, so in-place `realloc`
 //!   keeps a small block only when the new layout maps to the same class.
+//! - `fork` takes every allocator lock first (hooks, transfer caches, central lists, page heap,
+//!   registry: the order in which they nest) and releases them in parent and child.
 //! - Global set-up is lazy and idempotent: the first slow-path call on any thread creates the
 //!   pthread key for thread-exit clean-up and registers the fork handlers. It allocates nothing.
 
@@ -64,6 +66,7 @@ fn global_init_slow() -> bool {
 }
 
 extern "C" fn fork_prepare() {
+    crate::hooks::lock_for_fork();
     crate::transfer_cache::lock_all();
     crate::central_free_list::lock_all();
     page_heap::PAGE_HEAP.raw_lock();
@@ -88,6 +91,7 @@ unsafe fn unlock_after_fork() {
         page_heap::PAGE_HEAP.force_unlock();
         crate::central_free_list::unlock_all();
         crate::transfer_cache::unlock_all();
+        crate::hooks::unlock_after_fork();
     }
 }
 

@@ -118,6 +118,18 @@ thread_local! {
     static IN_HOOK: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Takes the hooks lock (before `fork`).
+pub fn lock_for_fork() {
+    HOOKS.raw_lock();
+}
+
+/// # Safety
+/// Only after `lock_for_fork` on this thread (or in its forked child).
+pub unsafe fn unlock_after_fork() {
+    // SAFETY: per the caller's contract.
+    unsafe { HOOKS.force_unlock() }
+}
+
 /// Installs (or with `None` removes) the large-allocation hook, which then replaces the
 /// default report line. The hook runs for every allocation at or above the threshold.
 pub fn set_large_alloc_hook(hook: Option<LargeAllocHook>, user: *mut c_void) {
