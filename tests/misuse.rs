@@ -57,6 +57,21 @@ p = libc.malloc(64)
 lib.free(p)          # refused, reported, not freed
 libc.free.argtypes = [ctypes.c_void_p]
 libc.free(p)         # still valid for its owner
+# The copy's own functions use its own heap, never the host's (realloc moving a block,
+# pvalloc/valloc/aligned_alloc/posix_memalign going through memalign).
+for name in ("malloc", "pvalloc", "valloc"):
+    getattr(lib, name).restype = ctypes.c_void_p
+lib.realloc.restype = ctypes.c_void_p
+lib.realloc.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+lib.malloc_usable_size.argtypes = [ctypes.c_void_p]
+lib.malloc_usable_size.restype = ctypes.c_size_t
+q = lib.realloc(lib.malloc(16), 1 << 20)
+assert lib.malloc_usable_size(q) >= 1 << 20
+lib.free(q)
+for f in (lib.pvalloc, lib.valloc):
+    r = f(0)
+    assert r and r % 4096 == 0 and lib.malloc_usable_size(r) >= 1, f
+    lib.free(r)
 print("host still running")
 "#,
         lib = library().to_string_lossy()

@@ -127,6 +127,11 @@ fn malloc_aligned(size: usize, align: usize) -> *mut c_void {
     p as *mut c_void
 }
 
+#[inline(always)]
+fn malloc_default(size: usize) -> *mut c_void {
+    malloc_aligned(size, MIN_ALIGN)
+}
+
 /// `malloc(3)`.
 #[no_mangle]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
@@ -139,6 +144,12 @@ pub extern "C" fn malloc(size: usize) -> *mut c_void {
 /// `p` is null or a live block from this allocator.
 #[no_mangle]
 pub unsafe extern "C" fn free(p: *mut c_void) {
+    // SAFETY: forwarded contract.
+    unsafe { free_impl(p) }
+}
+
+#[inline(always)]
+unsafe fn free_impl(p: *mut c_void) {
     if p.is_null() {
         return;
     }
@@ -171,6 +182,10 @@ fn is_large_start(p: *mut c_void) -> bool {
 /// `calloc(3)`: overflow-checked, zeroed.
 #[no_mangle]
 pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
+    calloc_impl(n, size)
+}
+
+fn calloc_impl(n: usize, size: usize) -> *mut c_void {
     let Some(total) = n.checked_mul(size).filter(|&t| t <= isize::MAX as usize) else {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
@@ -188,12 +203,17 @@ pub extern "C" fn calloc(n: usize, size: usize) -> *mut c_void {
 /// `p` is null or a live block from this allocator.
 #[no_mangle]
 pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    // SAFETY: forwarded contract.
+    unsafe { realloc_impl(p, size) }
+}
+
+unsafe fn realloc_impl(p: *mut c_void, size: usize) -> *mut c_void {
     if p.is_null() {
-        return malloc(size);
+        return malloc_default(size);
     }
     if size == 0 {
         // SAFETY: forwarded contract.
-        unsafe { free(p) };
+        unsafe { free_impl(p) };
         return ptr::null_mut();
     }
     if size > isize::MAX as usize {
@@ -218,12 +238,12 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
             return p;
         }
     }
-    let q = malloc(size);
+    let q = malloc_default(size);
     if !q.is_null() {
         // SAFETY: both blocks are live and distinct; `old` bytes of `p` are readable.
         unsafe {
             ptr::copy_nonoverlapping(p as *const u8, q as *mut u8, old.min(size));
-            free(p);
+            free_impl(p);
         }
     }
     q
@@ -237,7 +257,7 @@ pub unsafe extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
 pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> *mut c_void {
     match n.checked_mul(size) {
         // SAFETY: forwarded contract.
-        Some(total) => unsafe { realloc(p, total) },
+        Some(total) => unsafe { realloc_impl(p, total) },
         None => {
             set_errno(libc::ENOMEM);
             ptr::null_mut()
@@ -250,6 +270,10 @@ pub unsafe extern "C" fn reallocarray(p: *mut c_void, n: usize, size: usize) -> 
 /// large to satisfy is ENOMEM.
 #[no_mangle]
 pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    memalign_impl(align, size)
+}
+
+fn memalign_impl(align: usize, size: usize) -> *mut c_void {
     let Some(align) = align.max(MIN_ALIGN).checked_next_power_of_two() else {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
@@ -269,7 +293,7 @@ pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
     }
-    memalign(align, size)
+    memalign_impl(align, size)
 }
 
 /// `posix_memalign(3)`: EINVAL unless `align` is a power of two multiple of `sizeof(void *)`;
@@ -283,7 +307,7 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
         return libc::EINVAL;
     }
     let saved = errno();
-    let p = memalign(align, size);
+    let p = memalign_impl(align, size);
     if p.is_null() {
         set_errno(saved);
         return libc::ENOMEM;
@@ -301,7 +325,7 @@ fn errno() -> c_int {
 /// `valloc(3)`: page-aligned.
 #[no_mangle]
 pub extern "C" fn valloc(size: usize) -> *mut c_void {
-    memalign(os_page_size(), size)
+    memalign_impl(os_page_size(), size)
 }
 
 /// `pvalloc(3)`: page-aligned, size rounded up to whole pages (one page for 0).
@@ -312,7 +336,7 @@ pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
-    memalign(page, rounded)
+    memalign_impl(page, rounded)
 }
 
 fn os_page_size() -> usize {
@@ -335,7 +359,7 @@ pub extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 #[no_mangle]
 pub unsafe extern "C" fn cfree(p: *mut c_void) {
     // SAFETY: forwarded contract.
-    unsafe { free(p) }
+    unsafe { free_impl(p) }
 }
 
 /// C23 `free_sized`.
@@ -345,7 +369,7 @@ pub unsafe extern "C" fn cfree(p: *mut c_void) {
 #[no_mangle]
 pub unsafe extern "C" fn free_sized(p: *mut c_void, _size: usize) {
     // SAFETY: forwarded contract.
-    unsafe { free(p) }
+    unsafe { free_impl(p) }
 }
 
 /// C23 `free_aligned_sized`.
@@ -355,7 +379,7 @@ pub unsafe extern "C" fn free_sized(p: *mut c_void, _size: usize) {
 #[no_mangle]
 pub unsafe extern "C" fn free_aligned_sized(p: *mut c_void, _align: usize, _size: usize) {
     // SAFETY: forwarded contract.
-    unsafe { free(p) }
+    unsafe { free_impl(p) }
 }
 
 /// `malloc_trim(3)`: returns free memory to the OS; 1 if any was released.
@@ -409,6 +433,10 @@ pub struct MallInfo {
 /// `fsmblks` = free bytes in thread and transfer caches.
 #[no_mangle]
 pub extern "C" fn mallinfo2() -> MallInfo2 {
+    mallinfo2_impl()
+}
+
+fn mallinfo2_impl() -> MallInfo2 {
     let s = oxmalloc_core::stats();
     MallInfo2 {
         arena: s.mapped_bytes,
@@ -431,7 +459,7 @@ pub extern "C" fn mallinfo2() -> MallInfo2 {
 /// `mallinfo(3)`: [`mallinfo2`] with fields saturated to `int`.
 #[no_mangle]
 pub extern "C" fn mallinfo() -> MallInfo {
-    let m = mallinfo2();
+    let m = mallinfo2_impl();
     let c = |v: usize| v.min(c_int::MAX as usize) as c_int;
     MallInfo {
         arena: c(m.arena),
@@ -456,7 +484,7 @@ pub extern "C" fn malloc_stats() {
 /// glibc's internal entry points, which some programs and libraries call directly.
 #[no_mangle]
 pub extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
-    malloc(size)
+    malloc_default(size)
 }
 
 /// # Safety
@@ -464,12 +492,12 @@ pub extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn __libc_free(p: *mut c_void) {
     // SAFETY: forwarded contract.
-    unsafe { free(p) }
+    unsafe { free_impl(p) }
 }
 
 #[no_mangle]
 pub extern "C" fn __libc_calloc(n: usize, size: usize) -> *mut c_void {
-    calloc(n, size)
+    calloc_impl(n, size)
 }
 
 /// # Safety
@@ -477,12 +505,12 @@ pub extern "C" fn __libc_calloc(n: usize, size: usize) -> *mut c_void {
 #[no_mangle]
 pub unsafe extern "C" fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void {
     // SAFETY: forwarded contract.
-    unsafe { realloc(p, size) }
+    unsafe { realloc_impl(p, size) }
 }
 
 #[no_mangle]
 pub extern "C" fn __libc_memalign(align: usize, size: usize) -> *mut c_void {
-    memalign(align, size)
+    memalign_impl(align, size)
 }
 
 /// `oxmalloc_release_free_memory`: returns free memory to the OS; the bytes released.
