@@ -21,6 +21,9 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+mod common;
+
+use common::pattern::{pattern_unit, splitmix64, PERIOD};
 use oxmalloc::OxMalloc;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -29,36 +32,11 @@ const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
 const GIB: usize = 1 << 30;
 
-/// Length of the repeating unit of a block's fill pattern. Prime, so that data moved by a
-/// page-sized or power-of-two offset does not line up with the pattern again.
-const PERIOD: usize = 4093;
-
 /// Blocks up to this size are checked byte by byte after `alloc_zeroed`; bigger ones are
 /// sampled.
 const ZERO_CHECK_FULL: usize = MIB;
 
 static ZEROS: [u8; 4096] = [0; 4096];
-
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// The repeating unit of block `id`'s pattern; only the first `len` bytes are computed.
-fn pattern_unit(id: u64, len: usize) -> [u8; PERIOD] {
-    let mut unit = [0u8; PERIOD];
-    let len = len.min(PERIOD);
-    for (word_index, chunk) in unit[..len].chunks_mut(8).enumerate() {
-        let word = splitmix64(
-            id.wrapping_mul(0x1_0000_0001)
-                .wrapping_add(word_index as u64),
-        );
-        chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
-    }
-    unit
-}
 
 fn fill_pattern(bytes: &mut [u8], id: u64) {
     let unit = pattern_unit(id, bytes.len());

@@ -19,17 +19,10 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Barrier;
 use std::thread;
 
+mod common;
+
+use common::pattern::{pattern_unit, splitmix64, PERIOD};
 use oxmalloc::OxMalloc;
-
-/// Length of the repeating unit of a block's fill pattern (prime).
-const PERIOD: usize = 4093;
-
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
 
 /// xorshift64* generator.
 struct Rng(u64);
@@ -68,20 +61,6 @@ impl Rng {
             _ => 4096,
         }
     }
-}
-
-/// The repeating unit of the pattern for `seed`; only the first `len` bytes are computed.
-fn pattern_unit(seed: u64, len: usize) -> [u8; PERIOD] {
-    let mut unit = [0u8; PERIOD];
-    let len = len.min(PERIOD);
-    for (word_index, chunk) in unit[..len].chunks_mut(8).enumerate() {
-        let word = splitmix64(
-            seed.wrapping_mul(0x1_0000_0001)
-                .wrapping_add(word_index as u64),
-        );
-        chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
-    }
-    unit
 }
 
 /// A live block owned by the test, movable between threads; freeing consumes it.

@@ -2,6 +2,8 @@
 //! test programs, and checking child processes.
 #![allow(dead_code)]
 
+pub mod pattern;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
