@@ -135,19 +135,6 @@ pub unsafe fn unregister_thread(tc: *mut ThreadCache) {
     }
 }
 
-/// Calls `f` on every registered thread cache, under the registry lock.
-pub fn for_each_thread(mut f: impl FnMut(&ThreadCache)) {
-    let r = REGISTRY.lock();
-    let mut t = r.head;
-    while !t.is_null() {
-        // SAFETY: registered caches stay valid while the lock is held.
-        unsafe {
-            f(&*t);
-            t = (*t).stats.next;
-        }
-    }
-}
-
 /// Allocation, free and requested-byte counts by class over the process lifetime.
 fn op_counts(classes: &mut [ClassStats; NUM_CLASSES], requested: &mut [u64; NUM_CLASSES]) {
     for c in 0..NUM_CLASSES {
