@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 
 mod common;
 
-use common::pattern::{pattern_unit, splitmix64, PERIOD};
+use common::pattern::{fill_pattern, pattern_mismatch, splitmix64, PERIOD};
 use oxmalloc::OxMalloc;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
@@ -37,29 +37,6 @@ const GIB: usize = 1 << 30;
 const ZERO_CHECK_FULL: usize = MIB;
 
 static ZEROS: [u8; 4096] = [0; 4096];
-
-fn fill_pattern(bytes: &mut [u8], id: u64) {
-    let unit = pattern_unit(id, bytes.len());
-    for chunk in bytes.chunks_mut(PERIOD) {
-        chunk.copy_from_slice(&unit[..chunk.len()]);
-    }
-}
-
-/// Offset of the first byte of `bytes` that differs from block `id`'s pattern.
-fn pattern_mismatch(bytes: &[u8], id: u64) -> Option<usize> {
-    let unit = pattern_unit(id, bytes.len());
-    for (chunk_index, chunk) in bytes.chunks(PERIOD).enumerate() {
-        if chunk != &unit[..chunk.len()] {
-            let within = chunk
-                .iter()
-                .zip(unit.iter())
-                .position(|(a, b)| a != b)
-                .expect("chunks differ");
-            return Some(chunk_index * PERIOD + within);
-        }
-    }
-    None
-}
 
 /// Offset of a non-zero byte in `bytes`: every byte is checked up to `ZERO_CHECK_FULL`, beyond
 /// that the first and last 64 KiB and a 64-byte window every 4093 bytes.

@@ -21,7 +21,7 @@ use std::thread;
 
 mod common;
 
-use common::pattern::{pattern_unit, splitmix64, PERIOD};
+use common::pattern::{fill_pattern, pattern_mismatch, splitmix64};
 use oxmalloc::OxMalloc;
 
 /// xorshift64* generator.
@@ -111,31 +111,17 @@ impl Block {
     }
 
     fn fill(&mut self) {
-        let unit = pattern_unit(self.seed, self.size);
-        for chunk in self.bytes_mut().chunks_mut(PERIOD) {
-            chunk.copy_from_slice(&unit[..chunk.len()]);
-        }
+        let seed = self.seed;
+        fill_pattern(self.bytes_mut(), seed);
     }
 
     /// Panics unless the first `len` bytes hold the block's pattern.
     fn verify_prefix(&self, len: usize, context: &str) {
-        let unit = pattern_unit(self.seed, len);
-        for (chunk_index, chunk) in self.bytes()[..len].chunks(PERIOD).enumerate() {
-            if chunk != &unit[..chunk.len()] {
-                let within = chunk
-                    .iter()
-                    .zip(unit.iter())
-                    .position(|(a, b)| a != b)
-                    .expect("chunks differ");
-                panic!(
-                    "{context}: block {:#x} (size {}, align {}, seed {:#x}) corrupted at offset {}",
-                    self.addr,
-                    self.size,
-                    self.align,
-                    self.seed,
-                    chunk_index * PERIOD + within
-                );
-            }
+        if let Some(offset) = pattern_mismatch(&self.bytes()[..len], self.seed) {
+            panic!(
+                "{context}: block {:#x} (size {}, align {}, seed {:#x}) corrupted at offset {}",
+                self.addr, self.size, self.align, self.seed, offset
+            );
         }
     }
 

@@ -26,3 +26,27 @@ pub fn pattern_unit(id: u64, len: usize) -> [u8; PERIOD] {
     }
     unit
 }
+
+/// Fills `bytes` with block `id`'s pattern.
+pub fn fill_pattern(bytes: &mut [u8], id: u64) {
+    let unit = pattern_unit(id, bytes.len());
+    for chunk in bytes.chunks_mut(PERIOD) {
+        chunk.copy_from_slice(&unit[..chunk.len()]);
+    }
+}
+
+/// Offset of the first byte of `bytes` that differs from block `id`'s pattern.
+pub fn pattern_mismatch(bytes: &[u8], id: u64) -> Option<usize> {
+    let unit = pattern_unit(id, bytes.len());
+    for (chunk_index, chunk) in bytes.chunks(PERIOD).enumerate() {
+        if chunk != &unit[..chunk.len()] {
+            let within = chunk
+                .iter()
+                .zip(unit.iter())
+                .position(|(a, b)| a != b)
+                .expect("chunks differ");
+            return Some(chunk_index * PERIOD + within);
+        }
+    }
+    None
+}
