@@ -55,6 +55,7 @@ fn global_init_slow() -> bool {
         return false;
     }
     THREAD_KEY.store(key as u32, Ordering::Relaxed);
+    crate::check::init();
     crate::config::load();
     crate::hooks::reset_large_alloc_threshold();
     // SAFETY: the handlers are `extern "C"` fns that only take and release our own locks.
@@ -230,6 +231,7 @@ pub unsafe fn free_large(p: *mut u8) {
     // SAFETY: the caller guarantees `p` is a live large block, so `s` is its span.
     unsafe {
         if s.is_null() || (*s).state != SpanState::Large || (*s).start_addr() != p as usize {
+            crate::check::bad_pointer("dealloc", p);
             crate::hooks::invalid_free(p);
             return;
         }

@@ -13,6 +13,7 @@
 //! - Lock order: a central list lock may be held while taking the page heap lock, never the
 //!   reverse.
 
+use crate::check;
 use crate::page_heap;
 use crate::pagemap;
 use crate::size_class::{SizeClass, NUM_CLASSES};
@@ -20,6 +21,7 @@ use crate::span::{FreeObject, Span, SpanList, SpanState};
 use crate::sync::SpinLock;
 use crate::types::PageId;
 use core::ptr;
+use core::sync::atomic::Ordering;
 use crossbeam_utils::CachePadded;
 
 /// Fullness buckets per class.
@@ -144,7 +146,11 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
             while chain.count < n {
                 let obj = if !(*s).free_objects.is_null() {
                     let o = (*s).free_objects;
-                    (*s).free_objects = (*o).next;
+                    let next = check::decode((*o).next, o);
+                    if check::checking() {
+                        checked_reuse(s, class, o, next);
+                    }
+                    (*s).free_objects = next;
                     o
                 } else if (*s).carve < (*s).carve_end {
                     let o = (*s).carve as *mut FreeObject;
@@ -187,8 +193,11 @@ pub unsafe fn insert_range(class: SizeClass, head: *mut FreeObject, count: usize
         unsafe {
             let next = (*obj).next;
             let s: *mut Span = pagemap::span_of(PageId::containing(obj as usize));
+            if check::checking() {
+                checked_free(s, class, obj);
+            }
             debug_assert!(!s.is_null() && (*s).state == SpanState::Small && (*s).class == class);
-            (*obj).next = (*s).free_objects;
+            (*obj).next = check::encode((*s).free_objects, obj);
             (*s).free_objects = obj;
             (*s).allocated -= 1;
             if (*s).allocated == 0 && list.empty_kept == 0 {
@@ -217,6 +226,111 @@ pub unsafe fn insert_range(class: SizeClass, head: *mut FreeObject, count: usize
             obj = next;
         }
     }
+}
+
+/// Checking mode: `obj`, about to go back on span `s` (from the pagemap), must be an object
+/// of the span that is not free already. Then tags it and fills it (see [`crate::check`]).
+///
+/// # Safety
+/// The class lock is held; `s` is null or a valid span record.
+#[cold]
+unsafe fn checked_free(s: *mut Span, class: SizeClass, obj: *mut FreeObject) {
+    let size = class.size();
+    let p = obj as *mut u8;
+    // SAFETY: `s` is checked before use; once `obj` is known to start an object of this
+    // span, its `size` bytes are ours.
+    unsafe {
+        if s.is_null() || (*s).state != SpanState::Small || (*s).class != class {
+            check::not_an_object("free", p, size);
+        }
+        if !check::link_target_ok(s, class, obj) {
+            let into = (p as usize).wrapping_sub((*s).start_addr()) % size;
+            if into != 0 {
+                check::interior("free", p, into, size, "object");
+            }
+            check::not_an_object("free", p, size);
+        }
+        let tagged = size >= 16 && *check::tag_slot(p) == check::FREE_TAG.load(Ordering::Relaxed);
+        if (tagged || size < 16) && span_list_holds(s, class, obj) {
+            check::double_free("free", p, size);
+        }
+        if size >= 16 {
+            *check::tag_slot(p) = check::FREE_TAG.load(Ordering::Relaxed);
+            ptr::write_bytes(p.add(16), check::FREE_FILL, size - 16);
+        }
+    }
+}
+
+/// Checking mode: `obj` is leaving span `s`'s free list with decoded link `next`. The link
+/// must be null or name an object of the span; the tag and fill must be intact.
+///
+/// # Safety
+/// The class lock is held; `obj` is on `s`'s free list.
+#[cold]
+unsafe fn checked_reuse(
+    s: *mut Span,
+    class: SizeClass,
+    obj: *mut FreeObject,
+    next: *mut FreeObject,
+) {
+    let size = class.size();
+    // SAFETY: `obj` is a free object of the span (guaranteed by the caller), `size` bytes.
+    unsafe {
+        if !next.is_null() && !check::link_target_ok(s, class, next) {
+            check::corrupt_link(obj, size);
+        }
+        if size < 16 {
+            return;
+        }
+        let p = obj as *mut u8;
+        if *check::tag_slot(p) != check::FREE_TAG.load(Ordering::Relaxed) {
+            let word = (*check::tag_slot(p)).to_ne_bytes();
+            let key = check::FREE_TAG.load(Ordering::Relaxed).to_ne_bytes();
+            let i = (0..8).find(|&i| word[i] != key[i]).unwrap_or(0);
+            check::modified_after_free(p, size, 8 + i, word[i]);
+        }
+        let body = core::slice::from_raw_parts(p.add(16), size - 16);
+        if let Some(i) = body.iter().position(|&b| b != check::FREE_FILL) {
+            check::modified_after_free(p, size, 16 + i, body[i]);
+        }
+        *check::tag_slot(p) = 0;
+    }
+}
+
+/// Whether `p`, which the pagemap placed in a small span of `class`, is on its span's free
+/// list. Takes the class lock.
+pub fn span_holds(p: *mut u8, class: SizeClass) -> bool {
+    let _list = CENTRAL[class.index()].lock();
+    let s = pagemap::span_of(PageId::containing(p as usize));
+    // SAFETY: pagemap entries point at valid span records; the class lock keeps a small span
+    // of this class from changing.
+    unsafe {
+        !s.is_null()
+            && (*s).state == SpanState::Small
+            && (*s).class == class
+            && span_list_holds(s, class, p as *mut FreeObject)
+    }
+}
+
+/// Whether `obj` is on span `s`'s free list (a bounded walk that stops at a bad link).
+///
+/// # Safety
+/// The class lock is held; `s` is a valid small span of `class`.
+unsafe fn span_list_holds(s: *mut Span, class: SizeClass, obj: *mut FreeObject) -> bool {
+    // SAFETY: links are checked before they are followed.
+    unsafe {
+        let mut o = (*s).free_objects;
+        for _ in 0..class.info().objects_per_span {
+            if o.is_null() || !check::link_target_ok(s, class, o) {
+                return false;
+            }
+            if o == obj {
+                return true;
+            }
+            o = check::decode((*o).next, o);
+        }
+    }
+    false
 }
 
 /// Returns the wholly free spans the lists keep (see `empty_kept`) to the page heap.

@@ -127,6 +127,13 @@ pub fn load() {
             None => malformed("OXMALLOC_RETAIN_PERCENT"),
         }
     }
+    if let Some(v) = env(c"OXMALLOC_CHECK") {
+        match trim(v) {
+            b"" | b"0" | b"off" | b"no" => {}
+            b"1" | b"on" | b"yes" => crate::check::CHECKING.store(true, Ordering::Relaxed),
+            _ => malformed("OXMALLOC_CHECK"),
+        }
+    }
     if let Some(v) = env(c"OXMALLOC_HEAP_LIMIT") {
         match trim(v) {
             b"" | b"0" | b"off" | b"none" => {}

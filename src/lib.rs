@@ -17,6 +17,7 @@
 
 pub mod allocator;
 pub mod central_free_list;
+pub mod check;
 pub mod config;
 pub mod hooks;
 pub mod metadata;

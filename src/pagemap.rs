@@ -3,8 +3,11 @@
 //! Invariants:
 //! - Reads are lock-free (acquire loads); writes happen only under the page heap lock.
 //! - A leaf, once installed, is never removed, so a reader holding a leaf pointer stays valid.
-//! - For a `Small` span every page maps to the span and carries its class; for `Large` and free
-//!   spans the first and last pages map to the span with class 0; other pages map to null.
+//! - For a `Small` span every page maps to the span and carries an entry `class | phase << 8`,
+//!   where `phase` is the page's distance from the span start modulo the class size, so that
+//!   `(addr % PAGE_SIZE + phase) % class_size` is the offset of `addr` into its object (zero
+//!   exactly for object starts). For `Large` and free spans the first and last pages map to the
+//!   span with entry 0; other pages map to null.
 //! - Addresses outside the 47-bit user range, or in a region oxmalloc never mapped, map to null:
 //!   that is how `free` recognises a pointer it never handed out.
 //!
@@ -14,9 +17,9 @@
 use crate::os;
 use crate::size_class::SizeClass;
 use crate::span::Span;
-use crate::types::{Length, PageId, PAGE_SHIFT};
+use crate::types::{Length, PageId, PAGE_SHIFT, PAGE_SIZE};
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 const ADDRESS_BITS: usize = 47;
 const LEAF_BITS: usize = 15;
@@ -26,7 +29,8 @@ const ROOT_LEN: usize = 1 << ROOT_BITS;
 
 struct Leaf {
     spans: [AtomicPtr<Span>; LEAF_LEN],
-    classes: [AtomicU8; LEAF_LEN],
+    /// `class | phase << 8` (see the module invariants).
+    entries: [AtomicU32; LEAF_LEN],
 }
 
 static ROOT: [AtomicPtr<Leaf>; ROOT_LEN] = [const { AtomicPtr::new(ptr::null_mut()) }; ROOT_LEN];
@@ -58,19 +62,41 @@ pub fn span_of(page: PageId) -> *mut Span {
     unsafe { (*l).spans.get_unchecked(page.0 & (LEAF_LEN - 1)) }.load(Ordering::Acquire)
 }
 
+/// Whether the pagemap has a leaf for `page` (oxmalloc has managed memory near it).
+pub fn covers(page: PageId) -> bool {
+    !leaf(page).is_null()
+}
+
 /// The size class of the small object containing `addr`, or `SizeClass::LARGE` when the
 /// address is not in a small span (large, free, or not ours).
 #[inline(always)]
 pub fn class_of(addr: usize) -> SizeClass {
+    entry_class(entry_of(addr))
+}
+
+/// The raw entry for the page of `addr`: `class | phase << 8` for small spans, else 0.
+#[inline(always)]
+pub fn entry_of(addr: usize) -> u32 {
     let page = PageId::containing(addr);
     let l = leaf(page);
     if l.is_null() {
-        return SizeClass::LARGE;
+        return 0;
     }
     // SAFETY: installed leaves are never freed; the index is masked into range.
-    SizeClass(
-        unsafe { (*l).classes.get_unchecked(page.0 & (LEAF_LEN - 1)) }.load(Ordering::Relaxed),
-    )
+    unsafe { (*l).entries.get_unchecked(page.0 & (LEAF_LEN - 1)) }.load(Ordering::Relaxed)
+}
+
+/// The class an entry from [`entry_of`] names.
+#[inline(always)]
+pub fn entry_class(entry: u32) -> SizeClass {
+    SizeClass(entry as u8)
+}
+
+/// For `addr` in a small span with entry `entry`: a number congruent to `addr`'s offset into
+/// its object modulo the class size (zero modulo the size exactly at object starts).
+#[inline(always)]
+pub fn object_phase(addr: usize, entry: u32) -> usize {
+    (addr & (PAGE_SIZE - 1)) + (entry >> 8) as usize
 }
 
 /// Makes sure leaves exist for every page of `[start, start + len)`. Page heap lock held.
@@ -97,12 +123,17 @@ pub fn ensure(start: PageId, len: Length) -> bool {
 /// Sets the entry for one page. Page heap lock held; the leaf exists (see [`ensure`]).
 #[inline]
 pub fn set(page: PageId, span: *mut Span, class: SizeClass) {
+    set_entry(page, span, class.0 as u32);
+}
+
+#[inline]
+fn set_entry(page: PageId, span: *mut Span, entry: u32) {
     let l = leaf(page);
     debug_assert!(!l.is_null());
     let i = page.0 & (LEAF_LEN - 1);
     // SAFETY: `ensure` installed the leaf for every page the page heap manages.
     unsafe {
-        (*l).classes[i].store(class.0, Ordering::Relaxed);
+        (*l).entries[i].store(entry, Ordering::Relaxed);
         (*l).spans[i].store(span, Ordering::Release);
     }
 }
@@ -120,7 +151,9 @@ pub unsafe fn set_ends(s: *mut Span) {
 
 /// Maps every page of `s` to it with `class` (small spans), or clears them (null span).
 pub fn set_range(start: PageId, len: Length, s: *mut Span, class: SizeClass) {
-    for p in start.0..start.0 + len.0 {
-        set(PageId(p), s, class);
+    let size = if class.is_large() { 0 } else { class.size() };
+    for i in 0..len.0 {
+        let phase = if size == 0 { 0 } else { i * PAGE_SIZE % size };
+        set_entry(PageId(start.0 + i), s, class.0 as u32 | (phase as u32) << 8);
     }
 }

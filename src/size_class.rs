@@ -20,6 +20,7 @@ pub const MAX_SMALL_SIZE: usize = 256 * 1024;
 
 /// A size class index. `SizeClass(0)` means "not a small object".
 #[derive(Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
+#[repr(transparent)]
 pub struct SizeClass(pub u8);
 
 impl SizeClass {
@@ -61,6 +62,18 @@ pub struct ClassInfo {
     pub batch: u32,
     /// Objects a span holds.
     pub objects_per_span: u32,
+    /// `ceil(2^64 / size)`: `n` (below 2^32) is a multiple of `size` exactly when
+    /// `n.wrapping_mul(multiple_magic) < multiple_magic` (a divisibility test without a
+    /// division, used to recognise object starts on `free`). See [`ClassInfo::is_multiple`].
+    pub multiple_magic: u64,
+}
+
+impl ClassInfo {
+    /// Whether `n < 2^32` is a multiple of the class size.
+    #[inline(always)]
+    pub fn is_multiple(&self, n: usize) -> bool {
+        (n as u64).wrapping_mul(self.multiple_magic) < self.multiple_magic
+    }
 }
 
 const fn build_sizes() -> ([u32; 128], usize) {
@@ -134,6 +147,7 @@ const fn build_info() -> [ClassInfo; NUM_CLASSES] {
         pages: 0,
         batch: 0,
         objects_per_span: 0,
+        multiple_magic: 0,
     }; NUM_CLASSES];
     let mut c = 1;
     while c < NUM_CLASSES {
@@ -144,6 +158,7 @@ const fn build_info() -> [ClassInfo; NUM_CLASSES] {
             pages: pages as u32,
             batch: batch_for(size) as u32,
             objects_per_span: (pages * PAGE_SIZE / size) as u32,
+            multiple_magic: u64::MAX / size as u64 + 1,
         };
         c += 1;
     }
@@ -196,6 +211,13 @@ const fn build_big_table() -> [u8; BIG_TABLE_LEN] {
 }
 
 static SMALL_TABLE: [u8; SMALL_TABLE_LEN] = build_small_table();
+/// As `SMALL_TABLE`, for the C API, whose blocks are at least 16 bytes.
+static SMALL_TABLE_C: [u8; SMALL_TABLE_LEN] = {
+    let mut t = build_small_table();
+    t[0] = smallest_class_at_least(16);
+    t[1] = smallest_class_at_least(16);
+    t
+};
 static BIG_TABLE: [u8; BIG_TABLE_LEN] = build_big_table();
 
 /// The class for a request of `size` bytes with alignment <= 16 (<= 8 for sizes below 16),
@@ -211,6 +233,18 @@ pub fn class_for_size(size: usize) -> SizeClass {
         SizeClass(unsafe { *BIG_TABLE.get_unchecked((size - SMALL_LIMIT + 127) >> 7) })
     } else {
         SizeClass::LARGE
+    }
+}
+
+/// The class for a C `malloc` of `size` bytes: as [`class_for_size`], but never below 16
+/// bytes (C blocks are 16-byte aligned and have room for the free tag, see `check`).
+#[inline(always)]
+pub fn class_for_c(size: usize) -> SizeClass {
+    if size <= SMALL_LIMIT {
+        // SAFETY: size <= 1024 so (size + 7) >> 3 <= 128 < SMALL_TABLE_LEN.
+        SizeClass(unsafe { *SMALL_TABLE_C.get_unchecked((size + 7) >> 3) })
+    } else {
+        class_for_size(size)
     }
 }
 
@@ -253,6 +287,26 @@ mod tests {
             assert!(CLASS_INFO[c].size > CLASS_INFO[c - 1].size);
         }
         assert_eq!(CLASS_INFO[NUM_CLASSES - 1].size as usize, MAX_SMALL_SIZE);
+    }
+
+    #[test]
+    fn c_classes_are_at_least_16_bytes() {
+        for n in 0..=MAX_SMALL_SIZE + 1 {
+            let c = class_for_c(n);
+            assert_eq!(c, class_for_size(n.max(16)), "{n}");
+        }
+    }
+
+    #[test]
+    fn multiple_test_is_exact() {
+        for info in &CLASS_INFO[1..] {
+            let size = info.size as usize;
+            // Every offset a pagemap phase can produce, and well beyond.
+            let limit = (size + PAGE_SIZE) * 2;
+            for n in 0..limit {
+                assert_eq!(info.is_multiple(n), n % size == 0, "size {size}, n {n}");
+            }
+        }
     }
 
     #[test]

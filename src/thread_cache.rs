@@ -18,6 +18,7 @@
 //!   trims its own cache as it goes.
 
 use crate::central_free_list::Chain;
+use crate::check;
 use crate::size_class::{SizeClass, NUM_CLASSES};
 use crate::span::FreeObject;
 use crate::stats::{LocalCounter, ThreadStats};
@@ -47,6 +48,9 @@ pub struct FreeList {
     /// The class's object size, kept here so the hit paths touch one cache line.
     obj_size: u32,
     overflows: u32,
+    /// The class's `multiple_magic` while the cache is active, else 0 (which fails every
+    /// object-start test and so sends checked frees to the slow path).
+    multiple_magic: u64,
     /// Lifetime operation counts for this class on this thread.
     pub allocs: LocalCounter,
     pub frees: LocalCounter,
@@ -63,6 +67,7 @@ impl FreeList {
         max_len: 0,
         obj_size: 0,
         overflows: 0,
+        multiple_magic: 0,
         allocs: LocalCounter::new(),
         frees: LocalCounter::new(),
         requested: LocalCounter::new(),
@@ -236,24 +241,153 @@ pub unsafe fn free(p: *mut u8, class: SizeClass) {
     unsafe {
         let list = (*tc).lists.get_unchecked_mut(class.index());
         if list.len() < list.max_len as usize {
-            let obj = p as *mut FreeObject;
-            (*obj).next = list.head;
-            list.head = obj;
-            list.len.add(1);
-            list.frees.add(1);
-            (*tc).budget.sub(list.obj_size as usize);
-            if (*tc).over_budget() {
-                scavenge(tc);
-            }
-            return;
+            return push(tc, list, p);
         }
         free_slow(tc, p, class)
     }
 }
 
+/// The C API's `malloc` of a small `class` (at least 16 bytes) for `size` bytes: sets errno
+/// when memory is exhausted and clears the free tag of the object handed out (see
+/// [`crate::check`]). Every call out of the hit path is a tail call, so the hit path saves no
+/// registers.
+#[inline(always)]
+pub fn alloc_c(class: SizeClass, size: usize) -> *mut u8 {
+    let off = STATIC_TLS_OFFSET.load(Ordering::Relaxed);
+    if off == 0 {
+        return alloc_c_slow(class, size);
+    }
+    let tc = thread_pointer().wrapping_add(off) as *mut ThreadCache;
+    // SAFETY: `tc` is this thread's cache; nothing else touches it. The list's objects are
+    // valid free objects of `class`, at least 16 bytes.
+    unsafe {
+        let list = (*tc).lists.get_unchecked_mut(class.index());
+        let head = list.head;
+        if head.is_null() {
+            return alloc_c_slow(class, size);
+        }
+        list.head = (*head).next;
+        list.len.sub(1);
+        (*tc).budget.add(list.obj_size as usize);
+        list.allocs.add(1);
+        list.requested.add(size);
+        *check::tag_slot(head as *mut u8) = 0;
+        head as *mut u8
+    }
+}
+
+// `extern "C"` so that it cannot unwind: the exported callers then need no landing pad and
+// can tail-call it.
 #[cold]
 #[inline(never)]
-unsafe fn alloc_slow(tc: *mut ThreadCache, class: SizeClass, size: usize) -> *mut u8 {
+extern "C" fn alloc_c_slow(class: SizeClass, size: usize) -> *mut u8 {
+    let p = alloc(class, size);
+    if p.is_null() {
+        // SAFETY: __errno_location returns this thread's errno slot.
+        unsafe { *libc::__errno_location() = libc::ENOMEM };
+    } else {
+        // SAFETY: a fresh object of at least 16 bytes.
+        unsafe { *check::tag_slot(p) = 0 };
+    }
+    p
+}
+
+/// The C API's `free` of `p`, which the pagemap places in a small span of `class` (at least
+/// 16 bytes) at `phase` (see [`crate::pagemap::object_phase`]). First checks that `p` starts
+/// an object and does not carry the free tag (see [`crate::check`]); misuse is reported and
+/// aborts. Calls out of the hit path are tail calls.
+///
+/// # Safety
+/// The pagemap entry of `p`'s page, when read, said class `class`.
+#[inline(always)]
+pub unsafe fn free_c(p: *mut u8, class: SizeClass, phase: usize) {
+    let off = STATIC_TLS_OFFSET.load(Ordering::Relaxed);
+    if off == 0 {
+        // SAFETY: forwarded contract.
+        return unsafe { free_c_slow(p, class, phase) };
+    }
+    let tc = thread_pointer().wrapping_add(off) as *mut ThreadCache;
+    // SAFETY: `tc` is this thread's cache; `p` lies in a small span of `class`, so once it is
+    // known to start an object its (at least 16) bytes are ours to read; it is written only
+    // once every check has passed.
+    unsafe {
+        let list = (*tc).lists.get_unchecked_mut(class.index());
+        let magic = list.multiple_magic;
+        let tag = check::tag_slot(p);
+        let key = check::FREE_TAG.load(Ordering::Relaxed);
+        if (phase as u64).wrapping_mul(magic) >= magic
+            || *tag == key
+            || list.len() >= list.max_len as usize
+        {
+            return free_c_slow(p, class, phase);
+        }
+        *tag = key;
+        push(tc, list, p)
+    }
+}
+
+/// The checks of [`free_c`] done in full, then an ordinary free.
+///
+/// # Safety
+/// As for [`free_c`].
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn free_c_slow(p: *mut u8, class: SizeClass, phase: usize) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if check::checking() {
+            // The central list checks everything itself.
+            return free(p, class);
+        }
+        check::check_small_free("free", p, class, phase);
+        *check::tag_slot(p) = check::FREE_TAG.load(Ordering::Relaxed);
+        free(p, class)
+    }
+}
+
+/// Pushes `p` onto `list` (which has room) and scavenges if the cache is over budget.
+///
+/// # Safety
+/// `list` is one of `tc`'s lists, `tc` this thread's cache, `p` a free object of its class.
+#[inline(always)]
+unsafe fn push(tc: *mut ThreadCache, list: &mut FreeList, p: *mut u8) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let obj = p as *mut FreeObject;
+        (*obj).next = list.head;
+        list.head = obj;
+        list.len.add(1);
+        list.frees.add(1);
+        (*tc).budget.sub(list.obj_size as usize);
+        if (*tc).over_budget() {
+            scavenge(tc);
+        }
+    }
+}
+
+/// Whether `p` is on this thread's cache list for `class`.
+pub fn cache_holds(p: *mut u8, class: SizeClass) -> bool {
+    let tc = current();
+    // SAFETY: `tc` is this thread's cache; its list holds `len` valid free objects.
+    unsafe {
+        if (*tc).state != ACTIVE {
+            return false;
+        }
+        let list = &(*tc).lists[class.index()];
+        let mut o = list.head;
+        for _ in 0..list.len() {
+            if o as *mut u8 == p {
+                return true;
+            }
+            o = (*o).next;
+        }
+    }
+    false
+}
+
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn alloc_slow(tc: *mut ThreadCache, class: SizeClass, size: usize) -> *mut u8 {
     // SAFETY: `tc` is this thread's cache.
     unsafe {
         if (*tc).state != ACTIVE && !activate(tc) {
@@ -298,7 +432,7 @@ fn max_len_for(class: SizeClass) -> u32 {
 
 #[cold]
 #[inline(never)]
-unsafe fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
+unsafe extern "C" fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
     // SAFETY: `tc` is this thread's cache; `p` a free object of `class` (caller's contract).
     unsafe {
         if (*tc).state != ACTIVE && !activate(tc) {
@@ -342,10 +476,11 @@ unsafe fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
     }
 }
 
-/// Trims the cache below its budget by releasing half of every list.
+/// Trims the cache below its budget by releasing half of every list. (`extern "C"`: cannot
+/// unwind, so the hit paths tail-call it.)
 #[cold]
 #[inline(never)]
-unsafe fn scavenge(tc: *mut ThreadCache) {
+unsafe extern "C" fn scavenge(tc: *mut ThreadCache) {
     // SAFETY: `tc` is this thread's cache.
     unsafe {
         set_max_size(tc, per_thread_budget());
@@ -452,7 +587,7 @@ unsafe fn free_uncached(p: *mut u8, class: SizeClass) {
 unsafe fn activate(tc: *mut ThreadCache) -> bool {
     // SAFETY: `tc` is this thread's cache.
     unsafe {
-        if (*tc).state != UNINIT || !crate::allocator::global_init() {
+        if (*tc).state != UNINIT || !crate::allocator::global_init() || check::checking() {
             return false;
         }
         verify_static_tls();
@@ -463,6 +598,7 @@ unsafe fn activate(tc: *mut ThreadCache) -> bool {
         ACTIVE_THREADS.fetch_add(1, Ordering::Relaxed);
         for (c, list) in (*tc).lists.iter_mut().enumerate().skip(1) {
             list.obj_size = SizeClass(c as u8).size() as u32;
+            list.multiple_magic = SizeClass(c as u8).info().multiple_magic;
         }
         set_max_size(tc, per_thread_budget());
         crate::stats::register_thread(tc);

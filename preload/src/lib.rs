@@ -21,14 +21,20 @@ use core::ffi::{c_int, c_void};
 use core::ptr;
 use core::sync::atomic::{AtomicBool, Ordering};
 use oxmalloc_core::allocator;
+use oxmalloc_core::check;
 use oxmalloc_core::hooks::StackBuf;
 use oxmalloc_core::os;
+use oxmalloc_core::size_class::{self, MAX_SMALL_SIZE};
+use oxmalloc_core::{pagemap, thread_cache};
 
 mod report;
 
 /// Alignment every `malloc` result has (glibc's MALLOC_ALIGNMENT is 16; blocks of 8 bytes or
 /// less come from the 8-byte class, which is all a C object of that size can need).
 const MIN_ALIGN: usize = 8;
+/// Smallest block the C API hands out: every C object has room for the free tag in its
+/// second word (see `oxmalloc_core::check`).
+const MIN_SIZE: usize = 16;
 
 /// True while this copy is the process's `malloc` (the normal, preloaded case).
 static SERVING: AtomicBool = AtomicBool::new(true);
@@ -120,9 +126,14 @@ fn malloc_aligned(size: usize, align: usize) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     }
-    let p = allocator::alloc(size.max(1), align);
+    let p = allocator::alloc(size.max(MIN_SIZE), align);
     if p.is_null() {
         set_errno(libc::ENOMEM);
+    } else if size <= MAX_SMALL_SIZE {
+        // SAFETY: a fresh block of at least MIN_SIZE bytes. A reused small object may still
+        // carry the free tag (see `check`), which would make its next free look like a
+        // double free.
+        unsafe { *check::tag_slot(p) = 0 };
     }
     p as *mut c_void
 }
@@ -135,6 +146,18 @@ fn malloc_default(size: usize) -> *mut c_void {
 /// `malloc(3)`.
 #[no_mangle]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    let class = size_class::class_for_c(size);
+    if !class.is_large() {
+        return thread_cache::alloc_c(class, size) as *mut c_void;
+    }
+    malloc_large(size)
+}
+
+/// `malloc` beyond the size classes. (`extern "C"`: it cannot unwind, so `malloc` needs no
+/// landing pad and tail-calls it.)
+#[cold]
+#[inline(never)]
+extern "C" fn malloc_large(size: usize) -> *mut c_void {
     malloc_aligned(size, MIN_ALIGN)
 }
 
@@ -153,10 +176,18 @@ unsafe fn free_impl(p: *mut c_void) {
     if p.is_null() {
         return;
     }
-    let class = allocator::class_of(p as *const u8);
+    let entry = pagemap::entry_of(p as usize);
+    let class = pagemap::entry_class(entry);
     if !class.is_large() {
-        // SAFETY: the pagemap places `p` in a small span of `class`; the caller says it is live.
-        unsafe { oxmalloc_core::thread_cache::free(p as *mut u8, class) };
+        // SAFETY: the pagemap places `p` in a small span of `class`, of at least MIN_SIZE
+        // bytes; the checks report a pointer that is not a live object start.
+        unsafe {
+            thread_cache::free_c(
+                p as *mut u8,
+                class,
+                pagemap::object_phase(p as usize, entry),
+            )
+        };
         return;
     }
     free_large(p);
@@ -164,8 +195,10 @@ unsafe fn free_impl(p: *mut c_void) {
 
 #[cold]
 #[inline(never)]
-fn free_large(p: *mut c_void) {
+extern "C" fn free_large(p: *mut c_void) {
     if allocator::usable_size(p as *const u8) == 0 || !is_large_start(p) {
+        // SAFETY: `p` is being freed by this thread (the caller's contract).
+        unsafe { check::bad_pointer("free", p as *mut u8) };
         foreign_pointer("free", p);
         return;
     }
@@ -190,7 +223,7 @@ fn calloc_impl(n: usize, size: usize) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
-    let p = allocator::alloc_zeroed(total.max(1), MIN_ALIGN);
+    let p = allocator::alloc_zeroed(total.max(MIN_SIZE), MIN_ALIGN);
     if p.is_null() {
         set_errno(libc::ENOMEM);
     }
@@ -221,11 +254,26 @@ unsafe fn realloc_impl(p: *mut c_void, size: usize) -> *mut c_void {
         return ptr::null_mut();
     }
     if !owns(p) || (allocator::class_of(p as *const u8).is_large() && !is_large_start(p)) {
+        // SAFETY: `p` is being reallocated by this thread (the caller's contract).
+        unsafe { check::bad_pointer("realloc", p as *mut u8) };
         foreign_pointer("realloc", p);
         set_errno(libc::EINVAL);
         return ptr::null_mut();
     }
-    let class = allocator::class_of(p as *const u8);
+    let entry = pagemap::entry_of(p as usize);
+    let class = pagemap::entry_class(entry);
+    if !class.is_large() {
+        let phase = pagemap::object_phase(p as usize, entry);
+        // SAFETY: the pagemap places `p` in a small span of `class` (at least MIN_SIZE
+        // bytes); the tag is read only at an object start.
+        unsafe {
+            if !class.info().is_multiple(phase)
+                || *check::tag_slot(p as *mut u8) == check::FREE_TAG.load(Ordering::Relaxed)
+            {
+                check::check_small_free("realloc", p as *mut u8, class, phase);
+            }
+        }
+    }
     let old = allocator::usable_size(p as *const u8);
     if !class.is_large() {
         // Keep the block when the new size fits and does not waste more than half of it.
