@@ -6,7 +6,8 @@
 //!   bit `b` of `mask` is set exactly when bucket `b` is non-empty. Objects are taken from the
 //!   fullest bucket first, so nearly empty spans get the chance to empty and leave.
 //! - A span with every object out is in no bucket. A span with no object out goes back to the
-//!   page heap at once, except that each class keeps at most one such span (`empty_kept`) so
+//!   page heap at once, except that each class with spans of at most `MAX_KEPT_PAGES` pages
+//!   keeps at most one such span (`empty_kept`) so
 //!   that a program cycling around a span boundary does not bounce it through the page heap.
 //! - `free_objects` = free + uncarved objects over the class's spans; `spans` counts them.
 //! - Objects move out and in as null-terminated chains linked through their first word.
@@ -26,6 +27,11 @@ use crossbeam_utils::CachePadded;
 
 /// Fullness buckets per class.
 const BUCKETS: usize = 8;
+/// Classes whose spans have at most this many pages keep one wholly free span; bigger spans
+/// go straight back to the page heap, where any class can reuse them (a program that grows
+/// buffers through every class would otherwise pin one span per class: 20 MiB over the
+/// biggest classes).
+const MAX_KEPT_PAGES: u32 = 4;
 
 pub struct CentralFreeList {
     buckets: [SpanList; BUCKETS],
@@ -186,6 +192,7 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
 pub unsafe fn insert_range(class: SizeClass, head: *mut FreeObject, count: usize) {
     let mut list = CENTRAL[class.index()].lock();
     let per_span = class.info().objects_per_span as usize;
+    let keeps_empty = class.info().pages <= MAX_KEPT_PAGES;
     let mut obj = head;
     for _ in 0..count {
         // SAFETY: each object is one of ours of this class (caller's contract), so the pagemap
@@ -200,7 +207,7 @@ pub unsafe fn insert_range(class: SizeClass, head: *mut FreeObject, count: usize
             (*obj).next = check::encode((*s).free_objects, obj);
             (*s).free_objects = obj;
             (*s).allocated -= 1;
-            if (*s).allocated == 0 && list.empty_kept == 0 {
+            if (*s).allocated == 0 && list.empty_kept == 0 && keeps_empty {
                 if (*s).in_list {
                     list.rebucket(s, per_span);
                 } else {
