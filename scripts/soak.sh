@@ -9,7 +9,9 @@
 #   - the Rust std workloads with oxmalloc as the global allocator;
 #   - C programs under LD_PRELOAD=liboxmalloc.so: 8-thread cross-thread frees and thread churn,
 #     fork from a busy threaded parent, realloc growth, calloc reuse, and the whole-process
-#     benchmark workloads with 2 to 8 threads (their checksums must match glibc's).
+#     benchmark workloads with 2 to 8 threads (their checksums must match glibc's);
+#   - the C cross-thread and realloc programs and the Rust stress tests again under the checking
+#     mode (OXMALLOC_CHECK=1), which must report nothing.
 # Every failure is logged with its output; the script exits non-zero if any round failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -66,6 +68,9 @@ while [ "$(date +%s)" -lt "$end" ]; do
     done
     run "bench prodcons" same_checksum "$cdir/bench_prodcons" 2000000
     run "bench churn mixed" same_checksum "$cdir/bench_churn" mixed 1000000
+    run "checked c threads" env OXMALLOC_CHECK=1 LD_PRELOAD="$lib" "$cdir/threads"
+    run "checked c realloc" env OXMALLOC_CHECK=1 LD_PRELOAD="$lib" "$cdir/realloc"
+    run "checked rust stress" env OXMALLOC_CHECK=1 "$stress" --test-threads=2
     elapsed=$(( $(date +%s) - start ))
     echo "round $rounds: $runs runs, $failures failed, ${elapsed}s"
 done
