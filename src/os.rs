@@ -2,7 +2,9 @@
 //!
 //! Invariants: every function is a thin, non-allocating wrapper; failures are reported as
 //! `None`/`false`, never by panicking. Mappings are private, anonymous, read-write and
-//! `MAP_NORESERVE`, so untouched address space costs no memory.
+//! `MAP_NORESERVE`, so untouched address space costs no memory. No mapping starts in the
+//! first page (`PAGE_SIZE` bytes) of the address space, so null is never inside oxmalloc's
+//! memory.
 
 use core::ptr;
 
@@ -21,10 +23,16 @@ pub fn map(len: usize) -> Option<*mut u8> {
         )
     };
     if p == libc::MAP_FAILED {
-        None
-    } else {
-        Some(p as *mut u8)
+        return None;
     }
+    if (p as usize) < crate::types::PAGE_SIZE {
+        // Only possible where vm.mmap_min_addr is 0. Page 0 must never be oxmalloc's: `free`
+        // finds null there in the pagemap without testing for it.
+        // SAFETY: the mapping was just made, and nothing else knows of it.
+        unsafe { libc::munmap(p, len) };
+        return None;
+    }
+    Some(p as *mut u8)
 }
 
 /// Maps `len` bytes whose start is a multiple of `align` (a power of two >= the OS page),

@@ -240,11 +240,22 @@ pub fn class_for_size(size: usize) -> SizeClass {
 /// bytes (C blocks are 16-byte aligned and have room for the free tag, see `check`).
 #[inline(always)]
 pub fn class_for_c(size: usize) -> SizeClass {
+    match class_for_c_small(size) {
+        Some(c) => c,
+        None => class_for_size(size),
+    }
+}
+
+/// [`class_for_c`] for requests of up to 1 KiB, the common case; `None` above.
+#[inline(always)]
+pub fn class_for_c_small(size: usize) -> Option<SizeClass> {
     if size <= SMALL_LIMIT {
         // SAFETY: size <= 1024 so (size + 7) >> 3 <= 128 < SMALL_TABLE_LEN.
-        SizeClass(unsafe { *SMALL_TABLE_C.get_unchecked((size + 7) >> 3) })
+        Some(SizeClass(unsafe {
+            *SMALL_TABLE_C.get_unchecked((size + 7) >> 3)
+        }))
     } else {
-        class_for_size(size)
+        None
     }
 }
 

@@ -117,6 +117,8 @@ pub struct ThreadCache {
     /// stored as a wrapping `usize` and read as signed; negative means over budget.
     budget: LocalCounter,
     max_size: usize,
+    /// A copy of `check::FREE_TAG` (set when the cache becomes active), one load closer.
+    free_tag: usize,
     state: u8,
     pub stats: ThreadStats,
 }
@@ -127,6 +129,7 @@ impl ThreadCache {
             lists: [FreeList::EMPTY; NUM_CLASSES],
             budget: LocalCounter::new(),
             max_size: 0,
+            free_tag: 0,
             state: UNINIT,
             stats: ThreadStats::new(),
         }
@@ -314,7 +317,7 @@ pub unsafe fn free_c(p: *mut u8, class: SizeClass, phase: usize) {
         let list = (*tc).lists.get_unchecked_mut(class.index());
         let magic = list.multiple_magic;
         let tag = check::tag_slot(p);
-        let key = check::FREE_TAG.load(Ordering::Relaxed);
+        let key = (*tc).free_tag;
         if (phase as u64).wrapping_mul(magic) >= magic
             || *tag == key
             || list.len() >= list.max_len as usize
@@ -601,6 +604,7 @@ unsafe fn activate(tc: *mut ThreadCache) -> bool {
             list.multiple_magic = SizeClass(c as u8).info().multiple_magic;
         }
         set_max_size(tc, per_thread_budget());
+        (*tc).free_tag = check::FREE_TAG.load(Ordering::Relaxed);
         crate::stats::register_thread(tc);
         (*tc).state = ACTIVE;
     }

@@ -146,18 +146,22 @@ fn malloc_default(size: usize) -> *mut c_void {
 /// `malloc(3)`.
 #[no_mangle]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    if let Some(class) = size_class::class_for_c_small(size) {
+        return thread_cache::alloc_c(class, size) as *mut c_void;
+    }
+    malloc_bigger(size)
+}
+
+/// `malloc` of more than the small table covers: the other size classes, then page runs.
+/// Kept out of `malloc` so that the common path does one table lookup with nothing shared
+/// with this one. (`extern "C"`: it cannot unwind, so `malloc` needs no landing pad and
+/// tail-calls it.)
+#[inline(never)]
+extern "C" fn malloc_bigger(size: usize) -> *mut c_void {
     let class = size_class::class_for_c(size);
     if !class.is_large() {
         return thread_cache::alloc_c(class, size) as *mut c_void;
     }
-    malloc_large(size)
-}
-
-/// `malloc` beyond the size classes. (`extern "C"`: it cannot unwind, so `malloc` needs no
-/// landing pad and tail-calls it.)
-#[cold]
-#[inline(never)]
-extern "C" fn malloc_large(size: usize) -> *mut c_void {
     malloc_aligned(size, MIN_ALIGN)
 }
 
@@ -173,9 +177,8 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 
 #[inline(always)]
 unsafe fn free_impl(p: *mut c_void) {
-    if p.is_null() {
-        return;
-    }
+    // Null needs no test here: page 0 is never oxmalloc's (see `os::map`), so its pagemap
+    // entry is 0 and null goes to `free_large`, which returns.
     let entry = pagemap::entry_of(p as usize);
     let class = pagemap::entry_class(entry);
     if !class.is_large() {
@@ -196,6 +199,9 @@ unsafe fn free_impl(p: *mut c_void) {
 #[cold]
 #[inline(never)]
 extern "C" fn free_large(p: *mut c_void) {
+    if p.is_null() {
+        return;
+    }
     if allocator::usable_size(p as *const u8) == 0 || !is_large_start(p) {
         // SAFETY: `p` is being freed by this thread (the caller's contract).
         unsafe { check::bad_pointer("free", p as *mut u8) };
