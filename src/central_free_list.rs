@@ -17,7 +17,7 @@
 use crate::check;
 use crate::page_heap;
 use crate::pagemap;
-use crate::size_class::{SizeClass, NUM_CLASSES};
+use crate::size_class::{ClassInfo, SizeClass, NUM_CLASSES};
 use crate::span::{FreeObject, Span, SpanList, SpanState};
 use crate::sync::SpinLock;
 use crate::types::PageId;
@@ -76,10 +76,10 @@ impl CentralFreeList {
     ///
     /// # Safety
     /// `s` is a valid small span of this list's class, in no list, with a free object.
-    unsafe fn link(&mut self, s: *mut Span, per_span: usize) {
+    unsafe fn link(&mut self, s: *mut Span, info: &ClassInfo) {
         // SAFETY: guaranteed by the caller.
         unsafe {
-            let b = ((*s).allocated * BUCKETS / per_span).min(BUCKETS - 1);
+            let b = bucket_of((*s).allocated, info);
             (*s).bucket = b as u8;
             self.buckets[b].push_front(s);
             self.mask |= 1 << b;
@@ -103,13 +103,13 @@ impl CentralFreeList {
     ///
     /// # Safety
     /// `s` is linked into this list.
-    unsafe fn rebucket(&mut self, s: *mut Span, per_span: usize) {
+    unsafe fn rebucket(&mut self, s: *mut Span, info: &ClassInfo) {
         // SAFETY: guaranteed by the caller.
         unsafe {
-            let b = ((*s).allocated * BUCKETS / per_span).min(BUCKETS - 1);
+            let b = bucket_of((*s).allocated, info);
             if b != (*s).bucket as usize {
                 self.unlink(s);
-                self.link(s, per_span);
+                self.link(s, info);
             }
         }
     }
@@ -131,7 +131,7 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
     let mut chain = Chain::EMPTY;
     let info = class.info();
     let size = info.size as usize;
-    let per_span = info.objects_per_span as usize;
+    let checking = check::checking();
     while chain.count < n {
         let mut s = list.fullest();
         if s.is_null() {
@@ -142,7 +142,7 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
             list.spans += 1;
             list.free_objects += info.objects_per_span as usize;
             // SAFETY: a fresh span, in no list, all objects free.
-            unsafe { list.link(s, per_span) };
+            unsafe { list.link(s, info) };
         }
         // SAFETY: `s` is a valid small span of this class, owned by this list (lock held).
         unsafe {
@@ -152,11 +152,13 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
             while chain.count < n {
                 let obj = if !(*s).free_objects.is_null() {
                     let o = (*s).free_objects;
-                    let next = check::decode((*o).next, o);
-                    if check::checking() {
+                    if checking {
+                        let next = check::decode((*o).next, o);
                         checked_reuse(s, class, o, next);
+                        (*s).free_objects = next;
+                    } else {
+                        (*s).free_objects = (*o).next;
                     }
-                    (*s).free_objects = next;
                     o
                 } else if (*s).carve < (*s).carve_end {
                     let o = (*s).carve as *mut FreeObject;
@@ -176,7 +178,7 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
             if (*s).free_objects.is_null() && (*s).carve >= (*s).carve_end {
                 list.unlink(s);
             } else {
-                list.rebucket(s, per_span);
+                list.rebucket(s, info);
             }
         }
     }
@@ -191,8 +193,11 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
 /// The chain holds exactly `count` distinct objects of `class` that the program no longer uses.
 pub unsafe fn insert_range(class: SizeClass, head: *mut FreeObject, count: usize) {
     let mut list = CENTRAL[class.index()].lock();
-    let per_span = class.info().objects_per_span as usize;
-    let keeps_empty = class.info().pages <= MAX_KEPT_PAGES;
+    let info = class.info();
+    // A span's place in the buckets is settled once per run of its objects in the chain
+    // (chains often hold neighbours), not once per object.
+    let mut pending: *mut Span = ptr::null_mut();
+    let checking = check::checking();
     let mut obj = head;
     for _ in 0..count {
         // SAFETY: each object is one of ours of this class (caller's contract), so the pagemap
@@ -200,37 +205,70 @@ pub unsafe fn insert_range(class: SizeClass, head: *mut FreeObject, count: usize
         unsafe {
             let next = (*obj).next;
             let s: *mut Span = pagemap::span_of(PageId::containing(obj as usize));
-            if check::checking() {
+            if checking {
                 checked_free(s, class, obj);
+                (*obj).next = check::encode((*s).free_objects, obj);
+            } else {
+                debug_assert!(
+                    !s.is_null() && (*s).state == SpanState::Small && (*s).class == class
+                );
+                (*obj).next = (*s).free_objects;
             }
-            debug_assert!(!s.is_null() && (*s).state == SpanState::Small && (*s).class == class);
-            (*obj).next = check::encode((*s).free_objects, obj);
             (*s).free_objects = obj;
             (*s).allocated -= 1;
-            if (*s).allocated == 0 && list.empty_kept == 0 && keeps_empty {
-                if (*s).in_list {
-                    list.rebucket(s, per_span);
-                } else {
-                    list.link(s, per_span);
-                }
-                list.empty_kept = 1;
-                list.free_objects += 1;
-            } else if (*s).allocated == 0 {
-                if (*s).in_list {
-                    list.unlink(s);
-                }
-                list.spans -= 1;
-                list.free_objects -= per_span - 1;
-                page_heap::lock().dealloc(s);
-            } else {
-                if (*s).in_list {
-                    list.rebucket(s, per_span);
-                } else {
-                    list.link(s, per_span);
-                }
-                list.free_objects += 1;
+            list.free_objects += 1;
+            if s != pending && !pending.is_null() {
+                list.place(pending, info);
+            }
+            pending = s;
+            if (*s).allocated == 0 {
+                // It may go back to the page heap: settle it now.
+                list.place(s, info);
+                pending = ptr::null_mut();
             }
             obj = next;
+        }
+    }
+    if !pending.is_null() {
+        // SAFETY: `pending` is a valid small span of this class (lock held).
+        unsafe { list.place(pending, info) };
+    }
+}
+
+/// The fullness bucket for a span with `allocated` objects out (a multiply and a shift).
+#[inline]
+fn bucket_of(allocated: usize, info: &ClassInfo) -> usize {
+    let b = ((allocated * BUCKETS) as u64 * info.bucket_magic) >> 32;
+    (b as usize).min(BUCKETS - 1)
+}
+
+impl CentralFreeList {
+    /// Puts span `s`, which just got objects back, where its fullness calls for: a bucket, the
+    /// kept empty slot, or (wholly free) the page heap.
+    ///
+    /// # Safety
+    /// The list's lock is held; `s` is a valid small span of the list's class with at least
+    /// one free object.
+    unsafe fn place(&mut self, s: *mut Span, info: &ClassInfo) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            if (*s).allocated == 0 && !(self.empty_kept == 0 && info.pages <= MAX_KEPT_PAGES) {
+                if (*s).in_list {
+                    self.unlink(s);
+                }
+                self.spans -= 1;
+                self.free_objects -= info.objects_per_span as usize;
+                page_heap::lock().dealloc(s);
+                return;
+            }
+            if (*s).allocated == 0 {
+                self.empty_kept = 1;
+            }
+            if (*s).in_list {
+                self.rebucket(s, info);
+            } else {
+                self.link(s, info);
+            }
         }
     }
 }

@@ -66,6 +66,9 @@ pub struct ClassInfo {
     /// `n.wrapping_mul(multiple_magic) < multiple_magic` (a divisibility test without a
     /// division, used to recognise object starts on `free`). See [`ClassInfo::is_multiple`].
     pub multiple_magic: u64,
+    /// `ceil(2^32 / objects_per_span)`: `(n * bucket_magic) >> 32 == n / objects_per_span`
+    /// for `n * objects_per_span < 2^32` (fullness buckets without a division).
+    pub bucket_magic: u64,
 }
 
 impl ClassInfo {
@@ -110,8 +113,10 @@ pub const NUM_CLASSES: usize = SIZES.1;
 const fn pages_for(size: usize) -> usize {
     // Aim for spans that hold a useful number of objects without hoarding memory for the
     // biggest classes, then grow until the tail waste is at most 1/8 of the span.
-    let target = if size <= 1024 {
+    let target = if size <= 256 {
         PAGE_SIZE
+    } else if size <= 1024 {
+        size * 32
     } else if size * 8 < 256 * 1024 {
         size * 8
     } else if size < 256 * 1024 {
@@ -148,6 +153,7 @@ const fn build_info() -> [ClassInfo; NUM_CLASSES] {
         batch: 0,
         objects_per_span: 0,
         multiple_magic: 0,
+        bucket_magic: 0,
     }; NUM_CLASSES];
     let mut c = 1;
     while c < NUM_CLASSES {
@@ -159,6 +165,7 @@ const fn build_info() -> [ClassInfo; NUM_CLASSES] {
             batch: batch_for(size) as u32,
             objects_per_span: (pages * PAGE_SIZE / size) as u32,
             multiple_magic: u64::MAX / size as u64 + 1,
+            bucket_magic: (1u64 << 32).div_ceil((pages * PAGE_SIZE / size) as u64),
         };
         c += 1;
     }
@@ -305,6 +312,16 @@ mod tests {
         for n in 0..=MAX_SMALL_SIZE + 1 {
             let c = class_for_c(n);
             assert_eq!(c, class_for_size(n.max(16)), "{n}");
+        }
+    }
+
+    #[test]
+    fn bucket_division_is_exact() {
+        for info in &CLASS_INFO[1..] {
+            let per = info.objects_per_span as u64;
+            for n in 0..=per * 8 {
+                assert_eq!((n * info.bucket_magic) >> 32, n / per, "{per} {n}");
+            }
         }
     }
 
