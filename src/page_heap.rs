@@ -19,6 +19,10 @@
 //!   over neighbouring free runs of both states, see `gather`), releases the whole batch with one
 //!   system call, and puts every span back before the lock is dropped: `Returned` if the release
 //!   succeeded, `Free` otherwise. Nothing outside the lock ever sees a span in a batch.
+//! - A free span's record is moved to the lowest free slot of the metadata arena, if that lies
+//!   before it, whenever the span enters a free list (see `compact`): free spans outlive the
+//!   in-use spans around them, and their records then stay at the start of the arena, whose
+//!   later pages can empty out and be released.
 //! - The page heap never calls into the central free lists, so the lock order
 //!   central free list -> page heap -> metadata arena cannot cycle.
 
@@ -266,8 +270,29 @@ impl PageHeap {
                 (*s).len = Length((*s).len.0 + (*next).len.0);
                 self.free_record(next);
             }
+            let s = self.compact(s);
             self.insert_free(s);
         }
+    }
+
+    /// Moves the record of free span `s` to an earlier slot of the metadata arena if one is
+    /// free, and returns where it is now. Records of free spans live long in a heap that has
+    /// shrunk; gathering them at the start of the arena lets the arena release the pages past
+    /// them (records of in-use spans cannot move: the central lists point at them).
+    ///
+    /// # Safety
+    /// `s` is a valid free span, in no list; no pagemap entry points at it (or the caller sets
+    /// them again).
+    unsafe fn compact(&mut self, s: *mut Span) -> *mut Span {
+        // SAFETY: `s` is a live record (caller's contract).
+        let r = unsafe { self.records.alloc_before(s) };
+        if r.is_null() {
+            return s;
+        }
+        // SAFETY: `r` is a fresh record distinct from `s`; nothing else refers to `s`.
+        unsafe { ptr::copy_nonoverlapping(s, r, 1) };
+        self.free_record(s);
+        r
     }
 
     /// Splits `s` after its first `n` pages; returns the new record for the rest (same state),
