@@ -15,10 +15,10 @@
 //! - After every free into the page heap, resident free pages are at most
 //!   `RETAIN_MIN + RETAIN_PERCENT%` of the pages handed out (see `enforce_retention`); the
 //!   longest runs are released first.
-//! - A release takes resident runs out of the lists into a `ReleaseBatch` (each possibly grown
-//!   over neighbouring free runs of both states, see `gather`), releases the whole batch with one
-//!   system call, and puts every span back before the lock is dropped: `Returned` if the release
-//!   succeeded, `Free` otherwise. Nothing outside the lock ever sees a span in a batch.
+//! - A release takes resident runs out of the lists into a `ReleaseBatch`, releases the whole
+//!   batch with one system call, and puts every span back before the lock is dropped:
+//!   `Returned` if the release succeeded, `Free` otherwise. Nothing outside the lock ever sees a
+//!   span in a batch.
 //! - A free span's record is moved to the lowest free slot of the metadata arena, if that lies
 //!   before it, whenever the span enters a free list (see `compact`): free spans outlive the
 //!   in-use spans around them, and their records then stay at the start of the arena, whose
@@ -48,10 +48,6 @@ pub const MAX_LISTED: usize = 128;
 const GROW_MIN_BYTES: usize = 32 << 20;
 /// Growth is aligned so that regions can be backed by huge pages where the system allows it.
 const GROW_ALIGN: usize = 2 << 20;
-/// A release gathers resident runs separated by released runs of at most this many pages ...
-const GATHER_GAP: usize = 256;
-/// ... and at most this many of them on each side of the run it starts from.
-const GATHER_SPANS: usize = 64;
 /// Ranges released by one system call (at most the kernel's `UIO_MAXIOV`, 1024).
 const RELEASE_BATCH: usize = 128;
 
@@ -471,7 +467,7 @@ impl PageHeap {
             // SAFETY: `s` is a valid free span in its list.
             unsafe {
                 self.remove_free(s);
-                self.gather(s, &mut batch);
+                batch.push(s);
             }
             if batch.is_full() {
                 match self.flush(&mut batch) {
@@ -787,7 +783,7 @@ impl PageHeap {
                 // SAFETY: `s` is a valid free span in its list.
                 unsafe {
                     self.remove_free(s);
-                    self.gather(s, &mut batch);
+                    batch.push(s);
                 }
                 if batch.is_full() {
                     match self.flush(&mut batch) {
@@ -800,106 +796,9 @@ impl PageHeap {
         released + self.flush(&mut batch).unwrap_or(0)
     }
 
-    /// The free span of either state that ends just before page `p`, if any and if it is in a
-    /// free list.
-    fn free_before(&self, p: PageId) -> *mut Span {
-        if p.0 == 0 {
-            return ptr::null_mut();
-        }
-        let s = pagemap::span_of(PageId(p.0 - 1));
-        // SAFETY: the pagemap maps only live records (writes happen under this lock).
-        if !s.is_null() && unsafe { (*s).in_list && (*s).is_free() } {
-            s
-        } else {
-            ptr::null_mut()
-        }
-    }
-
-    /// The free span of either state that starts at page `p`, if any and if it is in a free list.
-    fn free_at(&self, p: PageId) -> *mut Span {
-        let s = pagemap::span_of(p);
-        // SAFETY: as in `free_before`.
-        if !s.is_null() && unsafe { (*s).in_list && (*s).is_free() && (*s).start == p } {
-            s
-        } else {
-            ptr::null_mut()
-        }
-    }
-
-    /// Extends resident free span `s` (out of its list) over the free spans around it and adds
-    /// it to `batch`, to be released by [`flush`](Self::flush).
-    ///
-    /// Free runs of the two states alternate (same-state neighbours coalesce), so the range
-    /// grows outwards from `s` over released runs of at most [`GATHER_GAP`] pages whenever a
-    /// resident run lies beyond, up to [`GATHER_SPANS`] runs on each side. Objects freed in
-    /// random order leave many short resident runs between runs released earlier: gathering them
-    /// makes one range instead of many (the released runs inside it are already empty, so the
-    /// kernel only walks their page tables). The gathered span stays `Free` until the release
-    /// succeeds.
-    ///
-    /// # Safety
-    /// `s` is a valid `Free` span not in a list, and `batch` has room.
-    unsafe fn gather(&mut self, s: *mut Span, batch: &mut ReleaseBatch) {
-        // SAFETY: guaranteed by the caller; every span reached below comes from the pagemap
-        // under our lock and is a free span in our lists.
-        unsafe {
-            let mut lo = (*s).start;
-            let mut hi = (*s).start.offset((*s).len);
-            // Outwards, one released run then one resident run per step.
-            for _ in 0..GATHER_SPANS {
-                let r = self.free_before(lo);
-                if r.is_null() || (*r).state != SpanState::Returned || (*r).len.0 > GATHER_GAP {
-                    break;
-                }
-                let f = self.free_before((*r).start);
-                if f.is_null() || (*f).state != SpanState::Free {
-                    break;
-                }
-                lo = (*f).start;
-            }
-            for _ in 0..GATHER_SPANS {
-                let r = self.free_at(hi);
-                if r.is_null() || (*r).state != SpanState::Returned || (*r).len.0 > GATHER_GAP {
-                    break;
-                }
-                let f = self.free_at((*r).start.offset((*r).len));
-                if f.is_null() || (*f).state != SpanState::Free {
-                    break;
-                }
-                hi = (*f).start.offset((*f).len);
-            }
-            // Absorb every run in [lo, hi) other than `s` into `s`.
-            let mut resident = (*s).len.0;
-            let mut p = lo;
-            while p < hi {
-                if p == (*s).start {
-                    p = p.offset((*s).len);
-                    continue;
-                }
-                let x = self.free_at(p);
-                debug_assert!(!x.is_null());
-                if (*x).state == SpanState::Free {
-                    resident += (*x).len.0;
-                }
-                p = p.offset((*x).len);
-                self.remove_free(x);
-                pagemap::set((*x).start, ptr::null_mut(), SizeClass::LARGE);
-                pagemap::set((*x).last_page(), ptr::null_mut(), SizeClass::LARGE);
-                self.free_record(x);
-            }
-            if lo != (*s).start || hi != (*s).start.offset((*s).len) {
-                pagemap::set((*s).start, ptr::null_mut(), SizeClass::LARGE);
-                pagemap::set((*s).last_page(), ptr::null_mut(), SizeClass::LARGE);
-                (*s).start = lo;
-                (*s).len = Length(hi.0 - lo.0);
-            }
-            batch.push(s, resident);
-        }
-    }
-
     /// Releases the spans in `batch` (one system call where the kernel allows it) and returns
     /// them to the free lists as `Returned`; on failure they return as `Free`. Returns the
-    /// resident bytes released, or `None` if the release failed.
+    /// bytes released, or `None` if the release failed.
     fn flush(&mut self, batch: &mut ReleaseBatch) -> Option<usize> {
         let ok = os::release_ranges(&batch.ranges[..batch.n]);
         for &s in &batch.spans[..batch.n] {
@@ -912,9 +811,8 @@ impl PageHeap {
                 self.merge_and_insert(s);
             }
         }
-        let bytes = batch.resident_pages * PAGE_SIZE;
+        let bytes = batch.bytes();
         batch.n = 0;
-        batch.resident_pages = 0;
         if !ok {
             return None;
         }
@@ -928,8 +826,6 @@ struct ReleaseBatch {
     spans: [*mut Span; RELEASE_BATCH],
     ranges: [libc::iovec; RELEASE_BATCH],
     n: usize,
-    /// Resident pages in the batch (the spans may include released runs too).
-    resident_pages: usize,
 }
 
 impl ReleaseBatch {
@@ -941,7 +837,6 @@ impl ReleaseBatch {
                 iov_len: 0,
             }; RELEASE_BATCH],
             n: 0,
-            resident_pages: 0,
         }
     }
 
@@ -949,9 +844,14 @@ impl ReleaseBatch {
         self.n == RELEASE_BATCH
     }
 
+    /// Bytes in the batch.
+    fn bytes(&self) -> usize {
+        self.ranges[..self.n].iter().map(|r| r.iov_len).sum()
+    }
+
     /// # Safety
-    /// `s` is a valid span; the batch is not full.
-    unsafe fn push(&mut self, s: *mut Span, resident_pages: usize) {
+    /// `s` is a valid `Free` span in no list; the batch is not full.
+    unsafe fn push(&mut self, s: *mut Span) {
         // SAFETY: guaranteed by the caller.
         let (addr, bytes) = unsafe { ((*s).start_addr(), (*s).len.bytes()) };
         self.spans[self.n] = s;
@@ -960,7 +860,6 @@ impl ReleaseBatch {
             iov_len: bytes,
         };
         self.n += 1;
-        self.resident_pages += resident_pages;
     }
 }
 

@@ -75,9 +75,9 @@ fn released_memory_is_reused_and_calloc_is_zero() {
     assert!(text.contains("refill ok"), "{text}");
 }
 
-/// With no retention every freed span is released at once, so released runs and freshly freed
-/// resident runs alternate all the time and releases gather them into shared ranges: what comes
-/// back must still read as zero.
+/// With no retention every freed span is released at once, so released and resident runs
+/// alternate all the time and every release goes through a batch: what comes back must still
+/// read as zero.
 #[test]
 fn released_memory_is_zero_when_nothing_is_retained() {
     let env = [
