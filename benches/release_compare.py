@@ -6,12 +6,14 @@ Runs, as fresh processes under each allocator (interleaved, --runs times, median
   * fill/free, cross-thread: tests/c_release/fill_free.c cross 1024 64
   * Python (PYTHONMALLOC=malloc): 3M small objects + 160 MiB of bytearrays, del, gc.collect()
 Each program reports its own RSS before the fill, at the peak and after the free (from
-/proc/self/statm); wall time is measured around the process.
+/proc/self/statm); wall time is measured around the process, CPU time (user + system) from the
+children's resource usage.
 
 usage: python3 benches/release_compare.py [--runs N] [--alloc NAME=PATH ...]
 """
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -65,29 +67,34 @@ def main():
                 env.pop("LD_PRELOAD", None)
                 if lib:
                     env["LD_PRELOAD"] = lib
+                ru = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t = time.perf_counter()
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 wall = time.perf_counter() - t
+                # One child at a time: the growth of the children's usage is this process's.
+                ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = ru2.ru_utime + ru2.ru_stime - ru.ru_utime - ru.ru_stime
                 if out.returncode != 0:
                     print(f"{name} failed on {w}: {out.stderr[-300:]}", file=sys.stderr)
                     continue
                 before, peak, after = map(int, out.stdout.split()[:3])
-                results.setdefault((w, name), []).append((before, peak, after, wall))
+                results.setdefault((w, name), []).append((before, peak, after, wall, cpu))
             print(f"run {r + 1}/{args.runs}: {w} done", file=sys.stderr)
     names = [n for n, _ in allocs]
     print(f"Command: `python3 benches/release_compare.py --runs {args.runs}`; "
           f"medians of {args.runs} interleaved runs; RSS in MiB.\n")
     for w, _, _ in workloads:
         print(f"**{w}**\n")
-        print("| allocator | RSS before | peak RSS | RSS after free | wall s |")
-        print("|---|---:|---:|---:|---:|")
+        print("| allocator | RSS before | peak RSS | RSS after free | wall s | CPU s |")
+        print("|---|---:|---:|---:|---:|---:|")
         for n in names:
             rs = results.get((w, n))
             if not rs:
-                print(f"| {n} | failed | | | |")
+                print(f"| {n} | failed | | | | |")
                 continue
-            med = [statistics.median(x[i] for x in rs) for i in range(4)]
-            print(f"| {n} | {med[0] / 1024:.1f} | {med[1] / 1024:.1f} | {med[2] / 1024:.1f} | {med[3]:.2f} |")
+            med = [statistics.median(x[i] for x in rs) for i in range(5)]
+            print(f"| {n} | {med[0] / 1024:.1f} | {med[1] / 1024:.1f} | {med[2] / 1024:.1f} "
+                  f"| {med[3]:.2f} | {med[4]:.2f} |")
         afters = {n: statistics.median(x[2] for x in results[(w, n)]) for n in names if (w, n) in results}
         peers = [v for n, v in afters.items() if n not in ("oxmalloc",) and "=" not in n and n in dict(allocs) and n != "oxmalloc"]
         if "oxmalloc" in afters and peers:
