@@ -9,7 +9,8 @@ Each program reports its own RSS before the fill, at the peak and after the free
 /proc/self/statm); wall time is measured around the process, CPU time (user + system) from the
 children's resource usage.
 
-usage: python3 benches/release_compare.py [--runs N] [--alloc NAME=PATH ...]
+usage: python3 benches/release_compare.py [--runs N] [--ox PATH] [--alloc NAME=PATH ...]
+                                         [--no-peers] [--c-only]
 """
 import argparse
 import os
@@ -43,6 +44,9 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--ox", default=os.path.join(ROOT, "target/release/liboxmalloc.so"))
     ap.add_argument("--alloc", action="append", default=[], metavar="NAME=PATH")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="only oxmalloc and the --alloc libraries (no glibc, no peers)")
+    ap.add_argument("--c-only", action="store_true", help="skip the Python workload")
     args = ap.parse_args()
     exe = os.path.join(ROOT, "target/c-bench/fill_free")
     os.makedirs(os.path.dirname(exe), exist_ok=True)
@@ -50,14 +54,19 @@ def main():
                     os.path.join(ROOT, "tests/c_release/fill_free.c")], check=True)
     python = subprocess.run([sys.executable, "-c", "import sys; print(sys.executable)"],
                             capture_output=True, text=True).stdout.strip()
-    allocs = [("glibc", None), ("oxmalloc", args.ox)]
-    allocs += [(n, os.path.join(LIBDIR, f)) for n, f in PEERS if os.path.exists(os.path.join(LIBDIR, f))]
+    allocs = [("oxmalloc", args.ox)]
+    if not args.no_peers:
+        allocs.insert(0, ("glibc", None))
+        allocs += [(n, os.path.join(LIBDIR, f)) for n, f in PEERS
+                   if os.path.exists(os.path.join(LIBDIR, f))]
     allocs += [tuple(a.split("=", 1)) for a in args.alloc]
     workloads = [
         ("fill/free 1 GiB, same thread", [exe, "same", "1024", "64"], {}),
         ("fill/free 1 GiB, cross-thread", [exe, "cross", "1024", "64"], {}),
         ("Python del + gc", [python, "-c", PY_SCRIPT], {"PYTHONMALLOC": "malloc"}),
     ]
+    if args.c_only:
+        workloads = workloads[:2]
     results = {}
     for r in range(args.runs):
         for w, cmd, extra in workloads:
@@ -81,7 +90,7 @@ def main():
                 results.setdefault((w, name), []).append((before, peak, after, wall, cpu))
             print(f"run {r + 1}/{args.runs}: {w} done", file=sys.stderr)
     names = [n for n, _ in allocs]
-    print(f"Command: `python3 benches/release_compare.py --runs {args.runs}`; "
+    print(f"Command: `python3 {' '.join(sys.argv)}`; "
           f"medians of {args.runs} interleaved runs; RSS in MiB.\n")
     for w, _, _ in workloads:
         print(f"**{w}**\n")
@@ -96,9 +105,11 @@ def main():
             print(f"| {n} | {med[0] / 1024:.1f} | {med[1] / 1024:.1f} | {med[2] / 1024:.1f} "
                   f"| {med[3]:.2f} | {med[4]:.2f} |")
         afters = {n: statistics.median(x[2] for x in results[(w, n)]) for n in names if (w, n) in results}
-        peers = [v for n, v in afters.items() if n not in ("oxmalloc",) and "=" not in n and n in dict(allocs) and n != "oxmalloc"]
+        others = {"glibc"} | {n for n, _ in PEERS}
+        peers = [v for n, v in afters.items() if n in others]
         if "oxmalloc" in afters and peers:
-            print(f"\nRSS after free, best other allocator / oxmalloc: {min(peers) / afters['oxmalloc']:.1f}x\n")
+            print(f"\nRSS after free, best other allocator / oxmalloc: {min(peers) / afters['oxmalloc']:.1f}x")
+        print()
 
 
 if __name__ == "__main__":
