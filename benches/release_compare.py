@@ -6,12 +6,15 @@ Runs, as fresh processes under each allocator (interleaved, --runs times, median
   * fill/free, cross-thread: tests/c_release/fill_free.c cross 1024 64
   * Python (PYTHONMALLOC=malloc): 3M small objects + 160 MiB of bytearrays, del, gc.collect()
 Each program reports its own RSS before the fill, at the peak and after the free (from
-/proc/self/statm); wall time is measured around the process.
+/proc/self/statm); wall time is measured around the process, CPU time (user + system) from the
+children's resource usage.
 
-usage: python3 benches/release_compare.py [--runs N] [--alloc NAME=PATH ...]
+usage: python3 benches/release_compare.py [--runs N] [--ox PATH] [--alloc NAME=PATH ...]
+                                         [--no-peers] [--c-only]
 """
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +44,9 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--ox", default=os.path.join(ROOT, "target/release/liboxmalloc.so"))
     ap.add_argument("--alloc", action="append", default=[], metavar="NAME=PATH")
+    ap.add_argument("--no-peers", action="store_true",
+                    help="only oxmalloc and the --alloc libraries (no glibc, no peers)")
+    ap.add_argument("--c-only", action="store_true", help="skip the Python workload")
     args = ap.parse_args()
     exe = os.path.join(ROOT, "target/c-bench/fill_free")
     os.makedirs(os.path.dirname(exe), exist_ok=True)
@@ -48,14 +54,19 @@ def main():
                     os.path.join(ROOT, "tests/c_release/fill_free.c")], check=True)
     python = subprocess.run([sys.executable, "-c", "import sys; print(sys.executable)"],
                             capture_output=True, text=True).stdout.strip()
-    allocs = [("glibc", None), ("oxmalloc", args.ox)]
-    allocs += [(n, os.path.join(LIBDIR, f)) for n, f in PEERS if os.path.exists(os.path.join(LIBDIR, f))]
+    allocs = [("oxmalloc", args.ox)]
+    if not args.no_peers:
+        allocs.insert(0, ("glibc", None))
+        allocs += [(n, os.path.join(LIBDIR, f)) for n, f in PEERS
+                   if os.path.exists(os.path.join(LIBDIR, f))]
     allocs += [tuple(a.split("=", 1)) for a in args.alloc]
     workloads = [
         ("fill/free 1 GiB, same thread", [exe, "same", "1024", "64"], {}),
         ("fill/free 1 GiB, cross-thread", [exe, "cross", "1024", "64"], {}),
         ("Python del + gc", [python, "-c", PY_SCRIPT], {"PYTHONMALLOC": "malloc"}),
     ]
+    if args.c_only:
+        workloads = workloads[:2]
     results = {}
     for r in range(args.runs):
         for w, cmd, extra in workloads:
@@ -65,33 +76,40 @@ def main():
                 env.pop("LD_PRELOAD", None)
                 if lib:
                     env["LD_PRELOAD"] = lib
+                ru = resource.getrusage(resource.RUSAGE_CHILDREN)
                 t = time.perf_counter()
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 wall = time.perf_counter() - t
+                # One child at a time: the growth of the children's usage is this process's.
+                ru2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu = ru2.ru_utime + ru2.ru_stime - ru.ru_utime - ru.ru_stime
                 if out.returncode != 0:
                     print(f"{name} failed on {w}: {out.stderr[-300:]}", file=sys.stderr)
                     continue
                 before, peak, after = map(int, out.stdout.split()[:3])
-                results.setdefault((w, name), []).append((before, peak, after, wall))
+                results.setdefault((w, name), []).append((before, peak, after, wall, cpu))
             print(f"run {r + 1}/{args.runs}: {w} done", file=sys.stderr)
     names = [n for n, _ in allocs]
-    print(f"Command: `python3 benches/release_compare.py --runs {args.runs}`; "
+    print(f"Command: `python3 {' '.join(sys.argv)}`; "
           f"medians of {args.runs} interleaved runs; RSS in MiB.\n")
     for w, _, _ in workloads:
         print(f"**{w}**\n")
-        print("| allocator | RSS before | peak RSS | RSS after free | wall s |")
-        print("|---|---:|---:|---:|---:|")
+        print("| allocator | RSS before | peak RSS | RSS after free | wall s | CPU s |")
+        print("|---|---:|---:|---:|---:|---:|")
         for n in names:
             rs = results.get((w, n))
             if not rs:
-                print(f"| {n} | failed | | | |")
+                print(f"| {n} | failed | | | | |")
                 continue
-            med = [statistics.median(x[i] for x in rs) for i in range(4)]
-            print(f"| {n} | {med[0] / 1024:.1f} | {med[1] / 1024:.1f} | {med[2] / 1024:.1f} | {med[3]:.2f} |")
+            med = [statistics.median(x[i] for x in rs) for i in range(5)]
+            print(f"| {n} | {med[0] / 1024:.1f} | {med[1] / 1024:.1f} | {med[2] / 1024:.1f} "
+                  f"| {med[3]:.2f} | {med[4]:.2f} |")
         afters = {n: statistics.median(x[2] for x in results[(w, n)]) for n in names if (w, n) in results}
-        peers = [v for n, v in afters.items() if n not in ("oxmalloc",) and "=" not in n and n in dict(allocs) and n != "oxmalloc"]
+        others = {"glibc"} | {n for n, _ in PEERS}
+        peers = [v for n, v in afters.items() if n in others]
         if "oxmalloc" in afters and peers:
-            print(f"\nRSS after free, best other allocator / oxmalloc: {min(peers) / afters['oxmalloc']:.1f}x\n")
+            print(f"\nRSS after free, best other allocator / oxmalloc: {min(peers) / afters['oxmalloc']:.1f}x")
+        print()
 
 
 if __name__ == "__main__":

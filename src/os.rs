@@ -1,4 +1,5 @@
-//! The OS layer: the only module that calls `mmap`, `munmap` and `madvise`.
+//! The OS layer: the only module that calls `mmap`, `munmap`, `madvise` and
+//! `process_madvise`.
 //!
 //! Invariants: every function is a thin, non-allocating wrapper; failures are reported as
 //! `None`/`false`, never by panicking. Mappings are private, anonymous, read-write and
@@ -7,6 +8,7 @@
 //! memory.
 
 use core::ptr;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 /// Maps `len` bytes (a multiple of the OS page size) of fresh zeroed memory.
 pub fn map(len: usize) -> Option<*mut u8> {
@@ -73,6 +75,56 @@ pub fn release(p: *mut u8, len: usize) -> bool {
     unsafe { libc::madvise(p as *mut libc::c_void, len, libc::MADV_DONTNEED) == 0 }
 }
 
+/// `pidfd` naming the calling thread (`PIDFD_SELF`, Linux 6.15+); `process_madvise` acts on
+/// its address space, which is the whole process's.
+const PIDFD_SELF: libc::c_int = -10000;
+
+/// Set once `process_madvise` on the calling process turned out to be unavailable (kernel
+/// before 6.15, or a seccomp filter); from then on [`release_ranges`] uses one `madvise` a range.
+static NO_PROCESS_MADVISE: AtomicBool = AtomicBool::new(false);
+
+/// Releases several ranges at once, like [`release`] on each: one `process_madvise` system call
+/// for all of them where the kernel allows it on the calling process (the kernel then also
+/// takes its locks and flushes the TLB once), else one `madvise` a range. Returns false if some
+/// range could not be released (it may then be resident or not).
+pub fn release_ranges(ranges: &[libc::iovec]) -> bool {
+    if ranges.is_empty() {
+        return true;
+    }
+    if !NO_PROCESS_MADVISE.load(Ordering::Relaxed) {
+        let total: usize = ranges.iter().map(|r| r.iov_len).sum();
+        // SAFETY: the iovec array is live for the call and the kernel only reads it; every range
+        // is mapped by us and holds no live data (see `release`).
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_process_madvise,
+                PIDFD_SELF,
+                ranges.as_ptr(),
+                ranges.len(),
+                libc::MADV_DONTNEED,
+                0,
+            )
+        };
+        if n >= 0 && n as usize == total {
+            return true;
+        }
+        if n < 0 {
+            // SAFETY: errno is thread-local and readable at any time.
+            let err = unsafe { *libc::__errno_location() };
+            if matches!(err, libc::ENOSYS | libc::EINVAL | libc::EBADF | libc::EPERM) {
+                NO_PROCESS_MADVISE.store(true, Ordering::Relaxed);
+            }
+        }
+        // A partial or failed batch: release every range one by one (releasing twice is
+        // harmless).
+    }
+    let mut ok = true;
+    for r in ranges {
+        ok &= release(r.iov_base as *mut u8, r.iov_len);
+    }
+    ok
+}
+
 /// Writes `msg` to standard error without allocating.
 pub fn write_stderr(msg: &[u8]) {
     let mut rest = msg;
@@ -83,5 +135,41 @@ pub fn write_stderr(msg: &[u8]) {
             return;
         }
         rest = &rest[n as usize..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Maps `pages` OS pages, dirties them, releases every other one through
+    /// `release_ranges`, and checks that exactly those read as zero.
+    fn release_every_other_page(pages: usize) {
+        let len = pages * 4096;
+        let p = map(len).unwrap();
+        // SAFETY: `p` is a fresh mapping of `len` bytes.
+        unsafe { ptr::write_bytes(p, 0xA5, len) };
+        let ranges: [libc::iovec; 4] = core::array::from_fn(|i| libc::iovec {
+            // SAFETY: page `2 * i` lies inside the mapping (`pages >= 8`).
+            iov_base: unsafe { p.add(2 * i * 4096) } as *mut libc::c_void,
+            iov_len: 4096,
+        });
+        assert!(release_ranges(&ranges));
+        for i in 0..8 {
+            // SAFETY: inside the mapping.
+            let b = unsafe { *p.add(i * 4096 + 100) };
+            assert_eq!(b, if i % 2 == 0 { 0 } else { 0xA5 }, "page {i}");
+        }
+        unmap(p, len);
+    }
+
+    #[test]
+    fn release_ranges_zeroes_exactly_the_ranges() {
+        release_every_other_page(8);
+        // The fallback, one madvise a range, as on kernels without process_madvise on self.
+        let saved = NO_PROCESS_MADVISE.swap(true, Ordering::Relaxed);
+        release_every_other_page(8);
+        NO_PROCESS_MADVISE.store(saved, Ordering::Relaxed);
+        assert!(release_ranges(&[]));
     }
 }

@@ -15,6 +15,14 @@
 //! - After every free into the page heap, resident free pages are at most
 //!   `RETAIN_MIN + RETAIN_PERCENT%` of the pages handed out (see `enforce_retention`); the
 //!   longest runs are released first.
+//! - A release takes resident runs out of the lists into a `ReleaseBatch`, releases the whole
+//!   batch with one system call, and puts every span back before the lock is dropped:
+//!   `Returned` if the release succeeded, `Free` otherwise. Nothing outside the lock ever sees a
+//!   span in a batch.
+//! - A free span's record is moved to the lowest free slot of the metadata arena, if that lies
+//!   before it, whenever the span enters a free list (see `compact`): free spans outlive the
+//!   in-use spans around them, and their records then stay at the start of the arena, whose
+//!   later pages can empty out and be released.
 //! - The page heap never calls into the central free lists, so the lock order
 //!   central free list -> page heap -> metadata arena cannot cycle.
 
@@ -40,6 +48,8 @@ pub const MAX_LISTED: usize = 128;
 const GROW_MIN_BYTES: usize = 32 << 20;
 /// Growth is aligned so that regions can be backed by huge pages where the system allows it.
 const GROW_ALIGN: usize = 2 << 20;
+/// Ranges released by one system call (at most the kernel's `UIO_MAXIOV`, 1024).
+const RELEASE_BATCH: usize = 128;
 
 pub struct PageHeap {
     free: [SpanList; MAX_LISTED + 1],
@@ -256,8 +266,29 @@ impl PageHeap {
                 (*s).len = Length((*s).len.0 + (*next).len.0);
                 self.free_record(next);
             }
+            let s = self.compact(s);
             self.insert_free(s);
         }
+    }
+
+    /// Moves the record of free span `s` to an earlier slot of the metadata arena if one is
+    /// free, and returns where it is now. Records of free spans live long in a heap that has
+    /// shrunk; gathering them at the start of the arena lets the arena release the pages past
+    /// them (records of in-use spans cannot move: the central lists point at them).
+    ///
+    /// # Safety
+    /// `s` is a valid free span, in no list; no pagemap entry points at it (or the caller sets
+    /// them again).
+    unsafe fn compact(&mut self, s: *mut Span) -> *mut Span {
+        // SAFETY: `s` is a live record (caller's contract).
+        let r = unsafe { self.records.alloc_before(s) };
+        if r.is_null() {
+            return s;
+        }
+        // SAFETY: `r` is a fresh record distinct from `s`; nothing else refers to `s`.
+        unsafe { ptr::copy_nonoverlapping(s, r, 1) };
+        self.free_record(s);
+        r
     }
 
     /// Splits `s` after its first `n` pages; returns the new record for the rest (same state),
@@ -426,6 +457,8 @@ impl PageHeap {
         let target = allowance / 2;
         SHRINKING.store(true, Ordering::Relaxed);
         DRAIN_REQUESTED.store(true, Ordering::Relaxed);
+        let mut batch = ReleaseBatch::new();
+        let mut released = 0;
         while self.stats.free_pages * PAGE_SIZE > target {
             let s = self.longest_resident();
             if s.is_null() {
@@ -434,13 +467,17 @@ impl PageHeap {
             // SAFETY: `s` is a valid free span in its list.
             unsafe {
                 self.remove_free(s);
-                let released = self.release_span(s);
-                if released == 0 {
-                    break;
+                batch.push(s);
+            }
+            if batch.is_full() {
+                match self.flush(&mut batch) {
+                    Some(b) => released += b,
+                    None => break,
                 }
-                self.released_recently += released;
             }
         }
+        released += self.flush(&mut batch).unwrap_or(0);
+        self.released_recently += released;
     }
 
     /// Checks the free-list invariants: every free span is in the list its length and state
@@ -731,6 +768,7 @@ impl PageHeap {
 
     /// Releases every resident free span to the OS. Returns the bytes released.
     pub fn release_all(&mut self) -> usize {
+        let mut batch = ReleaseBatch::new();
         let mut released = 0;
         for i in 0..=MAX_LISTED + 1 {
             loop {
@@ -745,31 +783,83 @@ impl PageHeap {
                 // SAFETY: `s` is a valid free span in its list.
                 unsafe {
                     self.remove_free(s);
-                    released += self.release_span(s);
+                    batch.push(s);
+                }
+                if batch.is_full() {
+                    match self.flush(&mut batch) {
+                        Some(b) => released += b,
+                        None => return released,
+                    }
                 }
             }
         }
-        released
+        released + self.flush(&mut batch).unwrap_or(0)
     }
 
-    /// Releases free span `s` (out of its list) and reinserts it as `Returned`.
-    ///
-    /// # Safety
-    /// `s` is a valid `Free` span not in a list.
-    unsafe fn release_span(&mut self, s: *mut Span) -> usize {
-        // SAFETY: guaranteed by the caller; the pages hold no live data.
-        unsafe {
-            let bytes = (*s).len.bytes();
-            if os::release((*s).start_addr() as *mut u8, bytes) {
-                (*s).state = SpanState::Returned;
-                self.stats.released_bytes_total += bytes;
+    /// Releases the spans in `batch` (one system call where the kernel allows it) and returns
+    /// them to the free lists as `Returned`; on failure they return as `Free`. Returns the
+    /// bytes released, or `None` if the release failed.
+    fn flush(&mut self, batch: &mut ReleaseBatch) -> Option<usize> {
+        let ok = os::release_ranges(&batch.ranges[..batch.n]);
+        for &s in &batch.spans[..batch.n] {
+            // SAFETY: spans in a batch are valid `Free` spans out of every list, their pages
+            // free (released now if `ok`).
+            unsafe {
+                if ok {
+                    (*s).state = SpanState::Returned;
+                }
                 self.merge_and_insert(s);
-                bytes
-            } else {
-                self.merge_and_insert(s);
-                0
             }
         }
+        let bytes = batch.bytes();
+        batch.n = 0;
+        if !ok {
+            return None;
+        }
+        self.stats.released_bytes_total += bytes;
+        Some(bytes)
+    }
+}
+
+/// Resident free spans taken out of the free lists to be released together.
+struct ReleaseBatch {
+    spans: [*mut Span; RELEASE_BATCH],
+    ranges: [libc::iovec; RELEASE_BATCH],
+    n: usize,
+}
+
+impl ReleaseBatch {
+    fn new() -> Self {
+        ReleaseBatch {
+            spans: [ptr::null_mut(); RELEASE_BATCH],
+            ranges: [libc::iovec {
+                iov_base: ptr::null_mut(),
+                iov_len: 0,
+            }; RELEASE_BATCH],
+            n: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.n == RELEASE_BATCH
+    }
+
+    /// Bytes in the batch.
+    fn bytes(&self) -> usize {
+        self.ranges[..self.n].iter().map(|r| r.iov_len).sum()
+    }
+
+    /// # Safety
+    /// `s` is a valid `Free` span in no list; the batch is not full.
+    unsafe fn push(&mut self, s: *mut Span) {
+        // SAFETY: guaranteed by the caller.
+        let (addr, bytes) = unsafe { ((*s).start_addr(), (*s).len.bytes()) };
+        self.spans[self.n] = s;
+        self.ranges[self.n] = libc::iovec {
+            iov_base: addr as *mut libc::c_void,
+            iov_len: bytes,
+        };
+        self.n += 1;
     }
 }
 

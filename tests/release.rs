@@ -23,8 +23,13 @@ fn fill_free() -> PathBuf {
 
 /// Runs fill_free and returns (rss before the fill, at the peak, after freeing), in KiB.
 fn run_fill_free(args: &[&str]) -> (i64, i64, i64, String) {
+    run_fill_free_with(args, &[])
+}
+
+fn run_fill_free_with(args: &[&str], env: &[(&str, &str)]) -> (i64, i64, i64, String) {
     let out = Command::new(fill_free())
         .args(args)
+        .envs(env.iter().copied())
         .env("LD_PRELOAD", library())
         .output()
         .unwrap();
@@ -67,6 +72,19 @@ fn rss_falls_when_half_is_freed_by_another_thread() {
 #[test]
 fn released_memory_is_reused_and_calloc_is_zero() {
     let (_, _, _, text) = run_fill_free(&["refill", "256", "16"]);
+    assert!(text.contains("refill ok"), "{text}");
+}
+
+/// With no retention every freed span is released at once, so released and resident runs
+/// alternate all the time and every release goes through a batch: what comes back must still
+/// read as zero.
+#[test]
+fn released_memory_is_zero_when_nothing_is_retained() {
+    let env = [
+        ("OXMALLOC_RETAIN_MIN", "0"),
+        ("OXMALLOC_RETAIN_PERCENT", "0"),
+    ];
+    let (_, _, _, text) = run_fill_free_with(&["refill", "128", "16"], &env);
     assert!(text.contains("refill ok"), "{text}");
 }
 
