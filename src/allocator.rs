@@ -237,6 +237,9 @@ pub unsafe fn free_large(p: *mut u8) {
         }
         page_heap::lock().dealloc(s);
     }
+    // Freeing a large block is often what starts the heap shrinking; this thread's cache
+    // follows at once rather than at its next slow path, which may be far off.
+    thread_cache::follow_shrink_current();
 }
 
 /// Usable size of the block at `p` (its class size, or the whole page run), 0 if unknown.

@@ -7,7 +7,7 @@
 //!   fullest bucket first, so nearly empty spans get the chance to empty and leave.
 //! - A span with every object out is in no bucket. A span with no object out goes back to the
 //!   page heap at once, except that each class with spans of at most `MAX_KEPT_PAGES` pages
-//!   keeps at most one such span (`empty_kept`) so
+//!   keeps at most one such span (`empty_kept`), unless the page heap is shrinking, so
 //!   that a program cycling around a span boundary does not bounce it through the page heap.
 //! - `free_objects` = free + uncarved objects over the class's spans; `spans` counts them.
 //! - Objects move out and in as null-terminated chains linked through their first word.
@@ -252,7 +252,10 @@ impl CentralFreeList {
     unsafe fn place(&mut self, s: *mut Span, info: &ClassInfo) {
         // SAFETY: guaranteed by the caller.
         unsafe {
-            if (*s).allocated == 0 && !(self.empty_kept == 0 && info.pages <= MAX_KEPT_PAGES) {
+            let keep = self.empty_kept == 0
+                && info.pages <= MAX_KEPT_PAGES
+                && !page_heap::SHRINKING.load(Ordering::Relaxed);
+            if (*s).allocated == 0 && !keep {
                 if (*s).in_list {
                     self.unlink(s);
                 }

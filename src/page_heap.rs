@@ -35,7 +35,7 @@ use crate::span::{Span, SpanList, SpanState};
 use crate::sync::SpinLock;
 use crate::types::{Length, PageId, PAGE_SIZE};
 use core::ptr;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
 /// Bounds of the retention boost: the first regret allows this much more to stay resident, and
 /// each further one doubles it up to the maximum.
@@ -107,6 +107,9 @@ pub static SHRINKING: AtomicBool = AtomicBool::new(false);
 /// Set with `SHRINKING`: the next thread on a free slow path drains the transfer caches (the
 /// page heap may not take their locks itself).
 pub static DRAIN_REQUESTED: AtomicBool = AtomicBool::new(false);
+/// Counts the times `SHRINKING` went from false to true: a thread whose slow path sees a new
+/// value empties its whole cache once (cached objects pin partly used spans).
+pub static SHRINK_EPOCH: AtomicU32 = AtomicU32::new(0);
 
 impl PageHeap {
     const fn new() -> PageHeap {
@@ -432,7 +435,7 @@ impl PageHeap {
 
     /// The release policy: free resident pages may total at most
     /// `RETAIN_MIN + RETAIN_PERCENT% of the bytes handed out + boost`. Past that, the longest
-    /// free resident runs are released until half of that allowance is left, so a program that
+    /// free resident runs are released until a quarter of that allowance is left, so a program that
     /// frees and reallocates around the threshold does not pay a madvise per free.
     ///
     /// The boost learns from the program: when `take` has to hand out pages this policy released
@@ -454,8 +457,10 @@ impl PageHeap {
             self.retain_boost /= 2;
         }
         self.regretted = false;
-        let target = allowance / 2;
-        SHRINKING.store(true, Ordering::Relaxed);
+        let target = allowance / 4;
+        if !SHRINKING.swap(true, Ordering::Relaxed) {
+            SHRINK_EPOCH.fetch_add(1, Ordering::Relaxed);
+        }
         DRAIN_REQUESTED.store(true, Ordering::Relaxed);
         let mut batch = ReleaseBatch::new();
         let mut released = 0;

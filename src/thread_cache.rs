@@ -15,7 +15,9 @@
 //! - A cache's budget is its share of `TOTAL_BUDGET` over the live threads, clamped to
 //!   [256 KiB, 4 MiB], and while the page heap is shrinking also capped at 1/8 of the bytes it
 //!   hands out; it is re-evaluated on the slow paths, so a thread that frees most of the heap
-//!   trims its own cache as it goes.
+//!   trims its own cache as it goes. When the heap starts shrinking, each cache's next slow
+//!   path empties it once and caps every list at `SHRINK_LEN`; while the heap shrinks, a list
+//!   that overflows is emptied completely and capped at `SHRINK_LEN` again.
 
 use crate::central_free_list::Chain;
 use crate::check;
@@ -25,7 +27,7 @@ use crate::stats::{LocalCounter, ThreadStats};
 use crate::transfer_cache;
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 pub const UNINIT: u8 = 0;
 pub const INITIALIZING: u8 = 1;
@@ -38,6 +40,8 @@ const MIN_PER_THREAD: usize = 256 << 10;
 const MAX_PER_THREAD: usize = 4 << 20;
 /// Longest a list may grow, in objects.
 const MAX_LIST_LEN: u32 = 16384;
+/// While the page heap shrinks, a list that overflows is emptied and capped at this length.
+const SHRINK_LEN: u32 = 4;
 
 #[repr(C)]
 pub struct FreeList {
@@ -119,6 +123,8 @@ pub struct ThreadCache {
     max_size: usize,
     /// A copy of `check::FREE_TAG` (set when the cache becomes active), one load closer.
     free_tag: usize,
+    /// The `page_heap::SHRINK_EPOCH` this cache last followed.
+    shrink_epoch: u32,
     state: u8,
     pub stats: ThreadStats,
 }
@@ -130,6 +136,7 @@ impl ThreadCache {
             budget: LocalCounter::new(),
             max_size: 0,
             free_tag: 0,
+            shrink_epoch: 0,
             state: UNINIT,
             stats: ThreadStats::new(),
         }
@@ -396,6 +403,7 @@ unsafe extern "C" fn alloc_slow(tc: *mut ThreadCache, class: SizeClass, size: us
         if (*tc).state != ACTIVE && !activate(tc) {
             return alloc_uncached(class, size);
         }
+        follow_shrink(tc);
         let info = class.info();
         let batch = info.batch;
         let list = &mut (*tc).lists[class.index()];
@@ -441,6 +449,7 @@ unsafe extern "C" fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClas
         if (*tc).state != ACTIVE && !activate(tc) {
             return free_uncached(p, class);
         }
+        follow_shrink(tc);
         let batch = class.info().batch;
         let list = &mut (*tc).lists[class.index()];
         list.frees.add(1);
@@ -449,6 +458,16 @@ unsafe extern "C" fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClas
         list.head = obj;
         list.len.add(1);
         (*tc).budget.sub(class.size());
+        if crate::page_heap::SHRINKING.load(Ordering::Relaxed) {
+            // The heap is giving memory back, and cached objects pin the partly used spans
+            // they belong to: the whole list goes, and it stays short until the heap grows.
+            let n = list.len();
+            let chain = list.pop_chain(n);
+            (*tc).budget.add(n * class.size());
+            list.max_len = list.max_len.min(SHRINK_LEN);
+            transfer_cache::insert(class, chain);
+            return drain_if_requested();
+        }
         if list.max_len < batch {
             // Still in slow start: let the list grow by one instead of releasing.
             list.max_len += 1;
@@ -471,11 +490,56 @@ unsafe extern "C" fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClas
         if (*tc).over_budget() {
             scavenge(tc);
         }
-        if crate::page_heap::DRAIN_REQUESTED.load(Ordering::Relaxed)
-            && crate::page_heap::DRAIN_REQUESTED.swap(false, Ordering::Relaxed)
-        {
-            transfer_cache::drain_all();
+        drain_if_requested();
+    }
+}
+
+/// The shrink epoch for which the central lists' kept empty spans were last handed back.
+static KEPT_RELEASED_EPOCH: AtomicU32 = AtomicU32::new(0);
+
+/// When the page heap has started shrinking since this cache last looked, empties the whole
+/// cache once and caps every list at `SHRINK_LEN`: objects cached from before would pin the
+/// partly used spans they belong to, and lists that never overflow again would keep them.
+///
+/// # Safety
+/// `tc` is this thread's active cache.
+unsafe fn follow_shrink(tc: *mut ThreadCache) {
+    let epoch = crate::page_heap::SHRINK_EPOCH.load(Ordering::Relaxed);
+    // SAFETY: `tc` is this thread's cache.
+    unsafe {
+        if epoch == (*tc).shrink_epoch {
+            return;
         }
+        (*tc).shrink_epoch = epoch;
+        drain(tc);
+        for list in (*tc).lists.iter_mut() {
+            list.max_len = list.max_len.min(SHRINK_LEN);
+        }
+    }
+    // The first thread to follow also hands back the empty spans the central lists keep.
+    if KEPT_RELEASED_EPOCH.swap(epoch, Ordering::Relaxed) != epoch {
+        crate::central_free_list::release_kept_spans();
+    }
+}
+
+/// [`follow_shrink`] for the calling thread, from paths that do not use the cache (large
+/// blocks).
+pub fn follow_shrink_current() {
+    let tc = current();
+    // SAFETY: `tc` is this thread's cache; only an active cache holds objects.
+    unsafe {
+        if (*tc).state == ACTIVE {
+            follow_shrink(tc);
+        }
+    }
+}
+
+/// Empties the transfer caches if the page heap asked for it (it started giving memory back).
+fn drain_if_requested() {
+    if crate::page_heap::DRAIN_REQUESTED.load(Ordering::Relaxed)
+        && crate::page_heap::DRAIN_REQUESTED.swap(false, Ordering::Relaxed)
+    {
+        transfer_cache::drain_all();
     }
 }
 

@@ -52,9 +52,9 @@ fn assert_gave_back(args: &[&str]) {
         filled > 900 << 10,
         "the fill did not reach 900 MiB: {before} -> {peak} KiB"
     );
-    // At most 2.5% of what was filled may stay resident (measured: about 1.5%).
+    // Back within 10% of the resident size before the fill (measured: 6.7-7.7% above it).
     assert!(
-        after - before <= filled / 40,
+        after * 10 <= before * 11,
         "{args:?}: RSS {before} KiB before, {peak} KiB at the peak, {after} KiB after freeing everything"
     );
 }
