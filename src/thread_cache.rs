@@ -27,7 +27,7 @@ use crate::stats::{LocalCounter, ThreadStats};
 use crate::transfer_cache;
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 pub const UNINIT: u8 = 0;
 pub const INITIALIZING: u8 = 1;
@@ -494,9 +494,6 @@ unsafe extern "C" fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClas
     }
 }
 
-/// The shrink epoch for which the central lists' kept empty spans were last handed back.
-static KEPT_RELEASED_EPOCH: AtomicU32 = AtomicU32::new(0);
-
 /// When the page heap has started shrinking since this cache last looked, empties the whole
 /// cache once and caps every list at `SHRINK_LEN`: objects cached from before would pin the
 /// partly used spans they belong to, and lists that never overflow again would keep them.
@@ -515,10 +512,6 @@ unsafe fn follow_shrink(tc: *mut ThreadCache) {
         for list in (*tc).lists.iter_mut() {
             list.max_len = list.max_len.min(SHRINK_LEN);
         }
-    }
-    // The first thread to follow also hands back the empty spans the central lists keep.
-    if KEPT_RELEASED_EPOCH.swap(epoch, Ordering::Relaxed) != epoch {
-        crate::central_free_list::release_kept_spans();
     }
 }
 
