@@ -193,11 +193,20 @@ fn current_slow_route() -> *mut ThreadCache {
 /// This thread's cache.
 #[inline(always)]
 pub fn current() -> *mut ThreadCache {
-    let off = STATIC_TLS_OFFSET.load(Ordering::Relaxed);
-    if off != 0 {
-        return thread_pointer().wrapping_add(off) as *mut ThreadCache;
+    match static_tls_cache() {
+        Some(tc) => tc,
+        None => current_slow_route(),
     }
-    current_slow_route()
+}
+
+/// This thread's cache found from the thread pointer, when the static-TLS route is on.
+#[inline(always)]
+fn static_tls_cache() -> Option<*mut ThreadCache> {
+    let off = STATIC_TLS_OFFSET.load(Ordering::Relaxed);
+    if off == 0 {
+        return None;
+    }
+    Some(thread_pointer().wrapping_add(off) as *mut ThreadCache)
 }
 
 /// Declares that this code's TLS is static (loaded at process start-up, never by `dlopen`),
@@ -229,12 +238,7 @@ pub fn alloc(class: SizeClass, size: usize) -> *mut u8 {
         let list = (*tc).lists.get_unchecked_mut(class.index());
         let head = list.head;
         if !head.is_null() {
-            list.head = (*head).next;
-            list.len.sub(1);
-            (*tc).budget.add(list.obj_size as usize);
-            list.allocs.add(1);
-            list.requested.add(size);
-            return head as *mut u8;
+            return pop(tc, list, head, size);
         }
         alloc_slow(tc, class, size)
     }
@@ -263,11 +267,9 @@ pub unsafe fn free(p: *mut u8, class: SizeClass) {
 /// registers.
 #[inline(always)]
 pub fn alloc_c(class: SizeClass, size: usize) -> *mut u8 {
-    let off = STATIC_TLS_OFFSET.load(Ordering::Relaxed);
-    if off == 0 {
+    let Some(tc) = static_tls_cache() else {
         return alloc_c_slow(class, size);
-    }
-    let tc = thread_pointer().wrapping_add(off) as *mut ThreadCache;
+    };
     // SAFETY: `tc` is this thread's cache; nothing else touches it. The list's objects are
     // valid free objects of `class`, at least 16 bytes.
     unsafe {
@@ -276,14 +278,32 @@ pub fn alloc_c(class: SizeClass, size: usize) -> *mut u8 {
         if head.is_null() {
             return alloc_c_slow(class, size);
         }
+        let p = pop(tc, list, head, size);
+        *check::tag_slot(p) = 0;
+        p
+    }
+}
+
+/// Takes `head`, the first object of `list`, for a request of `size` bytes.
+///
+/// # Safety
+/// `list` is one of `tc`'s lists, `tc` this thread's cache, and `head` its non-null head.
+#[inline(always)]
+unsafe fn pop(
+    tc: *mut ThreadCache,
+    list: &mut FreeList,
+    head: *mut FreeObject,
+    size: usize,
+) -> *mut u8 {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
         list.head = (*head).next;
         list.len.sub(1);
         (*tc).budget.add(list.obj_size as usize);
         list.allocs.add(1);
         list.requested.add(size);
-        *check::tag_slot(head as *mut u8) = 0;
-        head as *mut u8
     }
+    head as *mut u8
 }
 
 // `extern "C"` so that it cannot unwind: the exported callers then need no landing pad and
@@ -311,12 +331,10 @@ extern "C" fn alloc_c_slow(class: SizeClass, size: usize) -> *mut u8 {
 /// The pagemap entry of `p`'s page, when read, said class `class`.
 #[inline(always)]
 pub unsafe fn free_c(p: *mut u8, class: SizeClass, phase: usize) {
-    let off = STATIC_TLS_OFFSET.load(Ordering::Relaxed);
-    if off == 0 {
+    let Some(tc) = static_tls_cache() else {
         // SAFETY: forwarded contract.
         return unsafe { free_c_slow(p, class, phase) };
-    }
-    let tc = thread_pointer().wrapping_add(off) as *mut ThreadCache;
+    };
     // SAFETY: `tc` is this thread's cache; `p` lies in a small span of `class`, so once it is
     // known to start an object its (at least 16) bytes are ours to read; it is written only
     // once every check has passed.
