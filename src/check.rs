@@ -122,13 +122,13 @@ pub unsafe fn link_target_ok(s: *mut Span, class: SizeClass, o: *mut FreeObject)
     a >= start && a < carve && class.info().is_multiple(a - start)
 }
 
-/// A free (`func`) of small object pointer `p` failed the fast checks: it is not an object
-/// start, or its tag says it may be free already. Reports and aborts if it is misuse; returns
-/// if the object is a live object start after all (its data merely looked like the tag).
+/// Checks in full a `free` or `realloc` (`func`) of small-object pointer `p`: reports and
+/// aborts if it is not an object start or is already free; returns if it is a live object
+/// start (its data may merely have looked like the tag). Called by `free` when its fast checks
+/// failed, and by every `realloc`.
 ///
 /// # Safety
 /// The pagemap placed `p` in a small span of `class`; `phase` is from [`pagemap::object_phase`].
-#[cold]
 #[inline(never)]
 pub unsafe fn check_small_free(func: &str, p: *mut u8, class: SizeClass, phase: usize) {
     let size = class.size();

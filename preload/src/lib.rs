@@ -29,8 +29,9 @@ use oxmalloc_core::{pagemap, thread_cache};
 
 mod report;
 
-/// Alignment every `malloc` result has (glibc's MALLOC_ALIGNMENT is 16; blocks of 8 bytes or
-/// less come from the 8-byte class, which is all a C object of that size can need).
+/// Alignment asked of the core for a plain `malloc`. Every C block is at least `MIN_SIZE` (16)
+/// bytes, and classes of 16 bytes and more are 16-aligned, so results are 16-aligned as with
+/// glibc's MALLOC_ALIGNMENT.
 const MIN_ALIGN: usize = 8;
 /// Smallest block the C API hands out: every C object has room for the free tag in its
 /// second word (see `oxmalloc_core::check`).
@@ -269,16 +270,15 @@ unsafe fn realloc_impl(p: *mut c_void, size: usize) -> *mut c_void {
     let entry = pagemap::entry_of(p as usize);
     let class = pagemap::entry_class(entry);
     if !class.is_large() {
-        let phase = pagemap::object_phase(p as usize, entry);
-        // SAFETY: the pagemap places `p` in a small span of `class` (at least MIN_SIZE
-        // bytes); the tag is read only at an object start.
+        // SAFETY: the pagemap places `p` in a small span of `class` (at least MIN_SIZE bytes).
         unsafe {
-            if !class.info().is_multiple(phase)
-                || *check::tag_slot(p as *mut u8) == check::FREE_TAG.load(Ordering::Relaxed)
-            {
-                check::check_small_free("realloc", p as *mut u8, class, phase);
-            }
-        }
+            check::check_small_free(
+                "realloc",
+                p as *mut u8,
+                class,
+                pagemap::object_phase(p as usize, entry),
+            )
+        };
     }
     let old = allocator::usable_size(p as *const u8);
     if !class.is_large() {
