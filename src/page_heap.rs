@@ -462,26 +462,7 @@ impl PageHeap {
             SHRINK_EPOCH.fetch_add(1, Ordering::Relaxed);
         }
         DRAIN_REQUESTED.store(true, Ordering::Relaxed);
-        let mut batch = ReleaseBatch::new();
-        let mut released = 0;
-        while self.stats.free_pages * PAGE_SIZE > target {
-            let s = self.longest_resident();
-            if s.is_null() {
-                break;
-            }
-            // SAFETY: `s` is a valid free span in its list.
-            unsafe {
-                self.remove_free(s);
-                batch.push(s);
-            }
-            if batch.is_full() {
-                match self.flush(&mut batch) {
-                    Some(b) => released += b,
-                    None => break,
-                }
-            }
-        }
-        released += self.flush(&mut batch).unwrap_or(0);
+        let released = self.release_while(|h| h.stats.free_pages * PAGE_SIZE > target);
         self.released_recently += released;
     }
 
@@ -773,28 +754,28 @@ impl PageHeap {
 
     /// Releases every resident free span to the OS. Returns the bytes released.
     pub fn release_all(&mut self) -> usize {
+        self.release_while(|_| true)
+    }
+
+    /// Releases the longest resident free runs, in batches, while `more` says so and any are
+    /// left. Stops at the first batch the kernel refuses. Returns the bytes released.
+    fn release_while(&mut self, more: impl Fn(&Self) -> bool) -> usize {
         let mut batch = ReleaseBatch::new();
         let mut released = 0;
-        for i in 0..=MAX_LISTED + 1 {
-            loop {
-                let s = if i <= MAX_LISTED {
-                    self.free[i].first()
-                } else {
-                    self.long_free.first()
-                };
-                if s.is_null() {
-                    break;
-                }
-                // SAFETY: `s` is a valid free span in its list.
-                unsafe {
-                    self.remove_free(s);
-                    batch.push(s);
-                }
-                if batch.is_full() {
-                    match self.flush(&mut batch) {
-                        Some(b) => released += b,
-                        None => return released,
-                    }
+        while more(self) {
+            let s = self.longest_resident();
+            if s.is_null() {
+                break;
+            }
+            // SAFETY: `s` is a valid free span in its list.
+            unsafe {
+                self.remove_free(s);
+                batch.push(s);
+            }
+            if batch.is_full() {
+                match self.flush(&mut batch) {
+                    Some(b) => released += b,
+                    None => return released,
                 }
             }
         }
