@@ -36,11 +36,12 @@ size_t oxmalloc_stats_text(char *buf, size_t len);
  *   oxmalloc.internal_fragmentation_bytes  oxmalloc.external_fragmentation_bytes
  *   oxmalloc.large_allocations (count)     oxmalloc.large_allocations_total (count)
  *   oxmalloc.allocations_total (count)     oxmalloc.frees_total (count)
- *   oxmalloc.bytes_allocated_total   oxmalloc.thread_caches (count) */
+ *   oxmalloc.bytes_allocated_total   oxmalloc.thread_caches (count)
+ *   oxmalloc.cache_reclaims_total (count)  oxmalloc.cache_reclaimed_bytes_total */
 int oxmalloc_get_numeric_property(const char *name, size_t *out);
 
-/* Return free memory to the OS (including the calling thread's cache). Returns the bytes
- * released. malloc_trim(0) does the same and returns 1 if anything was released. */
+/* Return free memory to the OS (including the calling thread's cache and the caches of
+ * threads asleep in a system call). Returns the bytes released. malloc_trim(0) does the same and returns 1 if anything was released. */
 size_t oxmalloc_release_free_memory(void);
 
 /* Heap limit in bytes (0 = none; OXMALLOC_HEAP_LIMIT sets it at start-up). Past the limit,

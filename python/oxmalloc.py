@@ -100,7 +100,8 @@ def stats_text():
 
 
 def release():
-    """Return free memory to the OS, including this thread's cache; returns bytes released."""
+    """Return free memory to the OS, including this thread's cache and those of sleeping
+    threads; returns bytes released."""
     return int(_require().oxmalloc_release_free_memory())
 
 

@@ -66,12 +66,15 @@ fn global_init_slow() -> bool {
     true
 }
 
+/// Takes every allocator lock, in the order the code nests them (a reclaim pass holds `PASS`
+/// and the registry while it drains caches into the layers below).
 extern "C" fn fork_prepare() {
+    crate::reclaim::PASS.raw_lock();
+    crate::stats::lock_registry();
     crate::hooks::lock_for_fork();
     crate::transfer_cache::lock_all();
     crate::central_free_list::lock_all();
     page_heap::PAGE_HEAP.raw_lock();
-    crate::stats::lock_registry();
 }
 
 extern "C" fn fork_parent() {
@@ -82,17 +85,21 @@ extern "C" fn fork_parent() {
 extern "C" fn fork_child() {
     // SAFETY: the child is a copy of the forking thread, which holds every lock since
     // fork_prepare; no other thread exists in the child to use them.
-    unsafe { unlock_after_fork() }
+    unsafe {
+        thread_cache::forget_other_threads();
+        unlock_after_fork()
+    }
 }
 
 unsafe fn unlock_after_fork() {
     // SAFETY: every lock was taken by fork_prepare on this thread.
     unsafe {
-        crate::stats::unlock_registry();
         page_heap::PAGE_HEAP.force_unlock();
         crate::central_free_list::unlock_all();
         crate::transfer_cache::unlock_all();
         crate::hooks::unlock_after_fork();
+        crate::stats::unlock_registry();
+        crate::reclaim::PASS.force_unlock();
     }
 }
 
@@ -319,10 +326,12 @@ pub unsafe fn resize_large_in_place(p: *mut u8, new_size: usize) -> bool {
     }
 }
 
-/// Returns all free memory that can be returned: the calling thread's cache, the transfer
-/// caches, and every free page run. Returns the bytes given back to the OS.
+/// Returns all free memory that can be returned: the calling thread's cache, the caches of
+/// threads asleep in a system call (see [`crate::reclaim`]), the transfer caches, and every
+/// free page run. Returns the bytes given back to the OS.
 pub fn release_free_memory() -> usize {
     thread_cache::drain_current();
+    crate::reclaim::run(crate::reclaim::Why::Release);
     crate::transfer_cache::drain_all();
     crate::central_free_list::release_kept_spans();
     page_heap::lock().release_all()

@@ -10,6 +10,7 @@
 //! | `OXMALLOC_HEAP_LIMIT` | bytes with optional suffix, or `auto` | none |
 //! | `OXMALLOC_RETAIN_MIN` | free page-heap bytes always allowed to stay resident | 1 MiB |
 //! | `OXMALLOC_RETAIN_PERCENT` | free resident bytes allowed beyond that, as a percentage of the bytes handed out | 6 |
+//! | `OXMALLOC_IDLE_CACHE_MS` | milliseconds a sleeping thread's cache may stay idle before another thread empties it; `0` or `off` never empties other threads' caches | 1000 |
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -127,6 +128,15 @@ pub fn load() {
             None => malformed("OXMALLOC_RETAIN_PERCENT"),
         }
     }
+    if let Some(v) = env(c"OXMALLOC_IDLE_CACHE_MS") {
+        match trim(v) {
+            b"off" | b"OFF" | b"none" => crate::reclaim::IDLE_MS.store(0, Ordering::Relaxed),
+            v => match parse_size(v) {
+                Some(n) => crate::reclaim::IDLE_MS.store(n, Ordering::Relaxed),
+                None => malformed("OXMALLOC_IDLE_CACHE_MS"),
+            },
+        }
+    }
     if let Some(v) = env(c"OXMALLOC_CHECK") {
         match trim(v) {
             b"" | b"0" | b"off" | b"no" => {}
@@ -147,7 +157,7 @@ pub fn load() {
 }
 
 /// Reads a whole small file into `buf`; returns the bytes read.
-fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> usize {
+pub(crate) fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> usize {
     // SAFETY: a NUL-terminated path; the fd is closed below.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {

@@ -24,6 +24,7 @@ pub mod metadata;
 pub mod os;
 pub mod page_heap;
 pub mod pagemap;
+pub mod reclaim;
 pub mod size_class;
 pub mod span;
 pub mod stats;
@@ -94,8 +95,8 @@ pub fn heap_limit() -> usize {
     allocator::heap_limit()
 }
 
-/// Returns all free memory it can to the OS (including the calling thread's cache); returns the
-/// number of bytes released.
+/// Returns all free memory it can to the OS (including the calling thread's cache and the
+/// caches of threads asleep in a system call); returns the number of bytes released.
 pub fn release_free_memory() -> usize {
     allocator::release_free_memory()
 }

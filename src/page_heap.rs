@@ -464,6 +464,8 @@ impl PageHeap {
         DRAIN_REQUESTED.store(true, Ordering::Relaxed);
         let released = self.release_while(|h| h.stats.free_pages * PAGE_SIZE > target);
         self.released_recently += released;
+        // Idle threads' caches pin partly used spans: have the next slow path look at them.
+        crate::reclaim::REQUESTED.store(true, Ordering::Relaxed);
     }
 
     /// Checks the free-list invariants: every free span is in the list its length and state

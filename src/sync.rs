@@ -40,6 +40,20 @@ impl<T> SpinLock<T> {
         SpinGuard { lock: self }
     }
 
+    /// Takes the lock if it is free.
+    #[inline]
+    pub fn try_lock(&self) -> Option<SpinGuard<'_, T>> {
+        if self.locked.load(Ordering::Relaxed)
+            || self
+                .locked
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        Some(SpinGuard { lock: self })
+    }
+
     #[cold]
     fn lock_contended(&self) {
         let backoff = Backoff::new();

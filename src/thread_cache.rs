@@ -18,6 +18,12 @@
 //!   trims its own cache as it goes. When the heap starts shrinking, each cache's next slow
 //!   path empties it once and caps every list at `SHRINK_LEN`; while the heap shrinks, a list
 //!   that overflows is emptied completely and capped at `SHRINK_LEN` again.
+//! - Another thread may empty a cache (see [`crate::reclaim`]) only while holding its `guard`
+//!   with the `STOLEN` bit, which it takes only when the owner holds no guard, and only once
+//!   `ROUTE` is `ROUTE_GUARDED` and the owner is asleep in a system call. The owner holds the
+//!   guard in every slow path (which may sleep in a system call mid-update); its hit paths take
+//!   no guard, which is safe because they make no system call and, once `ROUTE` is guarded,
+//!   every new operation goes through a slow path.
 
 use crate::central_free_list::Chain;
 use crate::check;
@@ -27,7 +33,7 @@ use crate::stats::{LocalCounter, ThreadStats};
 use crate::transfer_cache;
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 pub const UNINIT: u8 = 0;
 pub const INITIALIZING: u8 = 1;
@@ -120,12 +126,23 @@ pub struct ThreadCache {
     /// Bytes the cache may still take before it must scavenge: `max_size - cached bytes`,
     /// stored as a wrapping `usize` and read as signed; negative means over budget.
     budget: LocalCounter,
-    max_size: usize,
+    max_size: LocalCounter,
     /// A copy of `check::FREE_TAG` (set when the cache becomes active), one load closer.
     free_tag: usize,
     /// The `page_heap::SHRINK_EPOCH` this cache last followed.
-    shrink_epoch: u32,
-    state: u8,
+    shrink_epoch: AtomicU32,
+    /// `UNINIT`, `INITIALIZING`, `ACTIVE` or `TORN_DOWN` (read by reclaim passes).
+    state: AtomicU8,
+    /// Slow-path nesting depth of the owner, plus `STOLEN` while another thread empties the
+    /// cache. Only the owner increments it; another thread only swaps 0 for `STOLEN` and back.
+    guard: AtomicU32,
+    /// Slow paths the owner entered (read by the reclaim pass to tell idle caches).
+    pub slow_ops: LocalCounter,
+    /// `slow_ops` as the previous reclaim pass saw it (written by reclaim passes only).
+    pub seen_ops: LocalCounter,
+    /// The owner's kernel thread id and signal mask (first 64 signals) when it became active.
+    pub tid: i32,
+    pub sigmask: u64,
     pub stats: ThreadStats,
 }
 
@@ -134,17 +151,22 @@ impl ThreadCache {
         ThreadCache {
             lists: [FreeList::EMPTY; NUM_CLASSES],
             budget: LocalCounter::new(),
-            max_size: 0,
+            max_size: LocalCounter::new(),
             free_tag: 0,
-            shrink_epoch: 0,
-            state: UNINIT,
+            shrink_epoch: AtomicU32::new(0),
+            state: AtomicU8::new(UNINIT),
+            guard: AtomicU32::new(0),
+            slow_ops: LocalCounter::new(),
+            seen_ops: LocalCounter::new(),
+            tid: 0,
+            sigmask: 0,
             stats: ThreadStats::new(),
         }
     }
 
     /// Bytes of free objects this cache holds.
     pub fn cached_bytes(&self) -> usize {
-        self.max_size.wrapping_sub(self.budget.get())
+        self.max_size.get().wrapping_sub(self.budget.get())
     }
 
     #[inline(always)]
@@ -166,6 +188,34 @@ pub static ACTIVE_THREADS: AtomicUsize = AtomicUsize::new(0);
 /// shared library skip `__tls_get_addr` on the hit paths.
 static STATIC_TLS_OFFSET: AtomicUsize = AtomicUsize::new(0);
 
+/// How the hit paths find the cache: `STATIC_TLS_OFFSET` when it is known, else `ROUTE_TLS`
+/// (through `thread_local!`); `ROUTE_GUARDED` while a reclaim pass may empty idle threads'
+/// caches, which sends every operation through a slow path (under its cache's guard). Changed
+/// only under `reclaim::PASS`.
+static ROUTE: AtomicUsize = AtomicUsize::new(ROUTE_TLS);
+const ROUTE_GUARDED: usize = 0;
+const ROUTE_TLS: usize = 1;
+
+/// The `ROUTE` outside reclaim passes. Call under `reclaim::PASS`.
+fn normal_route() -> usize {
+    match STATIC_TLS_OFFSET.load(Ordering::Relaxed) {
+        0 => ROUTE_TLS,
+        off => off,
+    }
+}
+
+/// Sends every operation through the slow paths (the start of a reclaim pass). Call under
+/// `reclaim::PASS`; the fence orders the store before the pass looks at other threads.
+pub(crate) fn route_guarded() {
+    ROUTE.store(ROUTE_GUARDED, Ordering::SeqCst);
+    core::sync::atomic::fence(Ordering::SeqCst);
+}
+
+/// Ends [`route_guarded`]. Call under `reclaim::PASS`.
+pub(crate) fn route_normal() {
+    ROUTE.store(normal_route(), Ordering::Release);
+}
+
 #[inline(always)]
 fn thread_pointer() -> usize {
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -185,28 +235,34 @@ fn thread_pointer() -> usize {
     }
 }
 
+/// This thread's cache, found through `thread_local!` (for slow paths, whatever `ROUTE`).
 #[inline(always)]
-fn current_slow_route() -> *mut ThreadCache {
+fn current() -> *mut ThreadCache {
     CACHE.with(|c| c.get())
 }
 
-/// This thread's cache.
+/// This thread's cache for a hit path, or `None` while operations must take the slow paths.
 #[inline(always)]
-pub fn current() -> *mut ThreadCache {
-    match static_tls_cache() {
-        Some(tc) => tc,
-        None => current_slow_route(),
+fn hit_cache() -> Option<*mut ThreadCache> {
+    let route = ROUTE.load(Ordering::Relaxed);
+    if route > ROUTE_TLS {
+        Some(thread_pointer().wrapping_add(route) as *mut ThreadCache)
+    } else if route == ROUTE_TLS {
+        Some(current())
+    } else {
+        None
     }
 }
 
-/// This thread's cache found from the thread pointer, when the static-TLS route is on.
+/// This thread's cache found from the thread pointer, when the static-TLS route is on (and no
+/// reclaim pass runs).
 #[inline(always)]
 fn static_tls_cache() -> Option<*mut ThreadCache> {
-    let off = STATIC_TLS_OFFSET.load(Ordering::Relaxed);
-    if off == 0 {
+    let route = ROUTE.load(Ordering::Relaxed);
+    if route <= ROUTE_TLS {
         return None;
     }
-    Some(thread_pointer().wrapping_add(off) as *mut ThreadCache)
+    Some(thread_pointer().wrapping_add(route) as *mut ThreadCache)
 }
 
 /// Declares that this code's TLS is static (loaded at process start-up, never by `dlopen`),
@@ -214,24 +270,112 @@ fn static_tls_cache() -> Option<*mut ThreadCache> {
 /// every thread's first slow-path call, and the fast route is dropped if it ever disagrees.
 pub fn use_static_tls() {
     if cfg!(all(target_arch = "x86_64", target_os = "linux")) {
-        let off = (current_slow_route() as usize).wrapping_sub(thread_pointer());
-        STATIC_TLS_OFFSET.store(off, Ordering::Relaxed);
+        let off = (current() as usize).wrapping_sub(thread_pointer());
+        let _pass = crate::reclaim::PASS.lock();
+        STATIC_TLS_OFFSET.store(off.max(ROUTE_TLS + 1), Ordering::Relaxed);
+        route_normal();
     }
 }
 
 /// Checks the static TLS offset on this thread; turns the fast route off if it is wrong.
 fn verify_static_tls() {
     let off = STATIC_TLS_OFFSET.load(Ordering::Relaxed);
-    if off != 0 && thread_pointer().wrapping_add(off) != current_slow_route() as usize {
+    if off != 0 && thread_pointer().wrapping_add(off) != current() as usize {
+        let _pass = crate::reclaim::PASS.lock();
         STATIC_TLS_OFFSET.store(0, Ordering::Relaxed);
+        route_normal();
     }
+}
+
+/// The owner's hold on its cache in a slow path: while held, no other thread empties it.
+struct Held(*mut ThreadCache);
+
+/// Set in `guard` while another thread empties the cache.
+pub(crate) const STOLEN: u32 = 1 << 31;
+
+impl Held {
+    /// Takes the guard of `tc`, waiting while another thread empties it.
+    ///
+    /// # Safety
+    /// `tc` is the calling thread's cache.
+    #[inline]
+    unsafe fn new(tc: *mut ThreadCache) -> Held {
+        // SAFETY: `tc` is this thread's cache (caller's contract).
+        let guard = unsafe { &(*tc).guard };
+        let v = guard.load(Ordering::Relaxed);
+        if v & STOLEN != 0
+            || guard
+                .compare_exchange(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            Self::wait(guard);
+        }
+        // SAFETY: as above; only the owner writes `slow_ops`.
+        unsafe { (*tc).slow_ops.add(1) };
+        Held(tc)
+    }
+
+    #[cold]
+    fn wait(guard: &AtomicU32) {
+        let backoff = crossbeam_utils::Backoff::new();
+        loop {
+            let v = guard.load(Ordering::Relaxed);
+            if v & STOLEN == 0
+                && guard
+                    .compare_exchange(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return;
+            }
+            if backoff.is_completed() {
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+            } else {
+                backoff.snooze();
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    #[inline]
+    fn drop(&mut self) {
+        // SAFETY: the cache outlives the hold (it is the owner's own, held on its stack).
+        unsafe { (*self.0).guard.fetch_sub(1, Ordering::Release) };
+    }
+}
+
+/// Takes the guard of another thread's cache if its owner holds none. The caller then has
+/// the cache to itself once the owner is known to be outside every hit path.
+///
+/// # Safety
+/// `tc` is a registered cache (the registry lock is held).
+pub(crate) unsafe fn try_steal(tc: *mut ThreadCache) -> bool {
+    // SAFETY: registered caches are live (caller's contract).
+    unsafe {
+        (*tc)
+            .guard
+            .compare_exchange(0, STOLEN, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+/// Ends [`try_steal`].
+///
+/// # Safety
+/// The caller holds `tc`'s guard through `try_steal`.
+pub(crate) unsafe fn end_steal(tc: *mut ThreadCache) {
+    // SAFETY: as above.
+    unsafe { (*tc).guard.store(0, Ordering::Release) };
 }
 
 /// Allocates an object of `class` for a request of `size` bytes; null only when memory is
 /// exhausted.
 #[inline(always)]
 pub fn alloc(class: SizeClass, size: usize) -> *mut u8 {
-    let tc = current();
+    let Some(tc) = hit_cache() else {
+        return alloc_guarded(class, size);
+    };
     // SAFETY: `tc` is this thread's cache; nothing else touches it. The list's objects are
     // valid free objects of `class`.
     unsafe {
@@ -250,7 +394,10 @@ pub fn alloc(class: SizeClass, size: usize) -> *mut u8 {
 /// `p` is an object of `class` handed out by oxmalloc and no longer used.
 #[inline(always)]
 pub unsafe fn free(p: *mut u8, class: SizeClass) {
-    let tc = current();
+    let Some(tc) = hit_cache() else {
+        // SAFETY: forwarded contract.
+        return unsafe { free_guarded(p, class) };
+    };
     // SAFETY: `tc` is this thread's cache; `p` is a free object of `class` (caller's contract).
     unsafe {
         let list = (*tc).lists.get_unchecked_mut(class.index());
@@ -398,7 +545,8 @@ pub fn cache_holds(p: *mut u8, class: SizeClass) -> bool {
     let tc = current();
     // SAFETY: `tc` is this thread's cache; its list holds `len` valid free objects.
     unsafe {
-        if (*tc).state != ACTIVE {
+        let _held = Held::new(tc);
+        if (*tc).state.load(Ordering::Relaxed) != ACTIVE {
             return false;
         }
         let list = &(*tc).lists[class.index()];
@@ -417,11 +565,37 @@ pub fn cache_holds(p: *mut u8, class: SizeClass) -> bool {
 #[inline(never)]
 unsafe extern "C" fn alloc_slow(tc: *mut ThreadCache, class: SizeClass, size: usize) -> *mut u8 {
     // SAFETY: `tc` is this thread's cache.
+    let p = unsafe { alloc_held(tc, class, size) };
+    crate::reclaim::poll();
+    p
+}
+
+/// [`alloc`] while the hit paths are closed (a reclaim pass runs).
+#[cold]
+#[inline(never)]
+extern "C" fn alloc_guarded(class: SizeClass, size: usize) -> *mut u8 {
+    // SAFETY: `current()` is this thread's cache.
+    unsafe { alloc_held(current(), class, size) }
+}
+
+/// The slow path of [`alloc`], under the cache's guard.
+///
+/// # Safety
+/// `tc` is this thread's cache.
+unsafe fn alloc_held(tc: *mut ThreadCache, class: SizeClass, size: usize) -> *mut u8 {
+    // SAFETY: `tc` is this thread's cache.
     unsafe {
-        if (*tc).state != ACTIVE && !activate(tc) {
+        let _held = Held::new(tc);
+        if (*tc).state.load(Ordering::Relaxed) != ACTIVE && !activate(tc) {
             return alloc_uncached(class, size);
         }
         follow_shrink(tc);
+        let list = (*tc).lists.get_unchecked_mut(class.index());
+        let head = list.head;
+        if !head.is_null() {
+            // Sent here by a reclaim pass, not by an empty list.
+            return pop(tc, list, head, size);
+        }
         let info = class.info();
         let batch = info.batch;
         let list = &mut (*tc).lists[class.index()];
@@ -463,13 +637,39 @@ fn max_len_for(class: SizeClass) -> u32 {
 #[inline(never)]
 unsafe extern "C" fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
     // SAFETY: `tc` is this thread's cache; `p` a free object of `class` (caller's contract).
+    unsafe { free_held(tc, p, class) };
+    crate::reclaim::poll();
+}
+
+/// [`free`] while the hit paths are closed (a reclaim pass runs).
+///
+/// # Safety
+/// As for [`free`].
+#[cold]
+#[inline(never)]
+unsafe extern "C" fn free_guarded(p: *mut u8, class: SizeClass) {
+    // SAFETY: `current()` is this thread's cache; the rest is the caller's contract.
+    unsafe { free_held(current(), p, class) }
+}
+
+/// The slow path of [`free`], under the cache's guard.
+///
+/// # Safety
+/// `tc` is this thread's cache; `p` a free object of `class`.
+unsafe fn free_held(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
+    // SAFETY: `tc` is this thread's cache; `p` a free object of `class` (caller's contract).
     unsafe {
-        if (*tc).state != ACTIVE && !activate(tc) {
+        let _held = Held::new(tc);
+        if (*tc).state.load(Ordering::Relaxed) != ACTIVE && !activate(tc) {
             return free_uncached(p, class);
         }
         follow_shrink(tc);
         let batch = class.info().batch;
         let list = &mut (*tc).lists[class.index()];
+        if list.len() < list.max_len as usize {
+            // Sent here by a reclaim pass, not by a full list.
+            return push(tc, list, p);
+        }
         list.frees.add(1);
         let obj = p as *mut FreeObject;
         (*obj).next = list.head;
@@ -522,10 +722,10 @@ unsafe fn follow_shrink(tc: *mut ThreadCache) {
     let epoch = crate::page_heap::SHRINK_EPOCH.load(Ordering::Relaxed);
     // SAFETY: `tc` is this thread's cache.
     unsafe {
-        if epoch == (*tc).shrink_epoch {
+        if epoch == (*tc).shrink_epoch.load(Ordering::Relaxed) {
             return;
         }
-        (*tc).shrink_epoch = epoch;
+        (*tc).shrink_epoch.store(epoch, Ordering::Relaxed);
         drain(tc);
         for list in (*tc).lists.iter_mut() {
             list.max_len = list.max_len.min(SHRINK_LEN);
@@ -539,10 +739,13 @@ pub fn follow_shrink_current() {
     let tc = current();
     // SAFETY: `tc` is this thread's cache; only an active cache holds objects.
     unsafe {
-        if (*tc).state == ACTIVE {
+        let held = Held::new(tc);
+        if (*tc).state.load(Ordering::Relaxed) == ACTIVE {
             follow_shrink(tc);
         }
+        drop(held);
     }
+    crate::reclaim::poll();
 }
 
 /// Empties the transfer caches if the page heap asked for it (it started giving memory back).
@@ -561,6 +764,7 @@ fn drain_if_requested() {
 unsafe extern "C" fn scavenge(tc: *mut ThreadCache) {
     // SAFETY: `tc` is this thread's cache.
     unsafe {
+        let _held = Held::new(tc);
         set_max_size(tc, per_thread_budget());
         for c in 1..NUM_CLASSES {
             let class = SizeClass(c as u8);
@@ -598,9 +802,58 @@ pub unsafe fn drain(tc: *mut ThreadCache) -> usize {
                 bytes += n * class.size();
             }
         }
-        (*tc).budget.set((*tc).max_size);
+        (*tc).budget.set((*tc).max_size.get());
     }
     bytes
+}
+
+/// Bytes `tc` caches, read without its guard (a hint).
+///
+/// # Safety
+/// `tc` is a registered cache.
+pub(crate) unsafe fn cached_bytes_hint(tc: *mut ThreadCache) -> usize {
+    // SAFETY: registered caches are live; the fields are read racily on purpose.
+    unsafe {
+        if (*tc).state.load(Ordering::Relaxed) != ACTIVE {
+            return 0;
+        }
+        let b = (*tc).cached_bytes();
+        if (b as isize) < 0 {
+            0
+        } else {
+            b
+        }
+    }
+}
+
+/// Whether `tc` has not followed the page heap's shrink `epoch` (a hint).
+///
+/// # Safety
+/// `tc` is a registered cache.
+pub(crate) unsafe fn behind_shrink(tc: *mut ThreadCache, epoch: u32) -> bool {
+    // SAFETY: registered caches are live; the field is read racily on purpose.
+    unsafe { (*tc).shrink_epoch.load(Ordering::Relaxed) != epoch }
+}
+
+/// Empties another thread's cache, stolen with [`try_steal`], and caps its lists as
+/// [`follow_shrink`] does. Returns the bytes taken.
+///
+/// # Safety
+/// The caller holds `tc`'s guard through `try_steal`, and its owner is outside every hit path
+/// until `ROUTE` is normal again.
+pub(crate) unsafe fn empty_stolen(tc: *mut ThreadCache, epoch: u32) -> usize {
+    // SAFETY: the guard gives the caller the cache (caller's contract).
+    unsafe {
+        if (*tc).state.load(Ordering::Relaxed) != ACTIVE {
+            return 0;
+        }
+        let bytes = drain(tc);
+        for list in (*tc).lists.iter_mut() {
+            list.max_len = list.max_len.min(SHRINK_LEN);
+        }
+        (*tc).shrink_epoch.store(epoch, Ordering::Relaxed);
+        bytes
+    }
 }
 
 /// Drains the calling thread's cache (for an explicit release of free memory).
@@ -608,11 +861,26 @@ pub fn drain_current() -> usize {
     let tc = current();
     // SAFETY: `tc` is this thread's cache; an inactive cache holds nothing.
     unsafe {
-        if (*tc).state != ACTIVE {
+        let _held = Held::new(tc);
+        if (*tc).state.load(Ordering::Relaxed) != ACTIVE {
             return 0;
         }
         drain(tc)
     }
+}
+
+/// In a child after `fork`, with the registry lock held: only the forking thread exists, so
+/// only its cache stays registered. The other caches belonged to threads that do not exist
+/// here; their memory (stacks and TLS) may be handed to new threads, whose fresh caches would
+/// otherwise be registered twice. What they cached is left alone: a thread may have been
+/// halfway through a list update when the parent forked.
+pub(crate) fn forget_other_threads() {
+    let tc = current();
+    // SAFETY: `tc` is this thread's cache.
+    let active = unsafe { (*tc).state.load(Ordering::Relaxed) == ACTIVE };
+    // SAFETY: called in the child under the registry lock (caller's contract).
+    unsafe { crate::stats::keep_only_after_fork(if active { tc } else { ptr::null_mut() }) };
+    ACTIVE_THREADS.store(active as usize, Ordering::Relaxed);
 }
 
 /// Changes the cache's byte budget, keeping `budget = max_size - cached`.
@@ -623,7 +891,7 @@ unsafe fn set_max_size(tc: *mut ThreadCache, max: usize) {
     // SAFETY: `tc` is this thread's cache.
     unsafe {
         let cached = (*tc).cached_bytes();
-        (*tc).max_size = max;
+        (*tc).max_size.set(max);
         (*tc).budget.set(max.wrapping_sub(cached));
     }
 }
@@ -665,11 +933,14 @@ unsafe fn free_uncached(p: *mut u8, class: SizeClass) {
 unsafe fn activate(tc: *mut ThreadCache) -> bool {
     // SAFETY: `tc` is this thread's cache.
     unsafe {
-        if (*tc).state != UNINIT || !crate::allocator::global_init() || check::checking() {
+        if (*tc).state.load(Ordering::Relaxed) != UNINIT
+            || !crate::allocator::global_init()
+            || check::checking()
+        {
             return false;
         }
         verify_static_tls();
-        (*tc).state = INITIALIZING;
+        (*tc).state.store(INITIALIZING, Ordering::Relaxed);
         // May allocate (libc's second-level key table); such calls see INITIALIZING and bypass
         // the cache.
         libc::pthread_setspecific(crate::allocator::thread_key(), tc as *const libc::c_void);
@@ -680,8 +951,10 @@ unsafe fn activate(tc: *mut ThreadCache) -> bool {
         }
         set_max_size(tc, per_thread_budget());
         (*tc).free_tag = check::FREE_TAG.load(Ordering::Relaxed);
+        (*tc).tid = libc::gettid();
+        (*tc).sigmask = crate::reclaim::signal_mask();
         crate::stats::register_thread(tc);
-        (*tc).state = ACTIVE;
+        (*tc).state.store(ACTIVE, Ordering::Relaxed);
     }
     true
 }
@@ -692,10 +965,14 @@ pub extern "C" fn thread_exit(arg: *mut libc::c_void) {
     // SAFETY: the key's value is this exiting thread's own cache, set in `activate`, and its
     // TLS is still valid while key destructors run.
     unsafe {
-        if tc != current() || (*tc).state != ACTIVE {
+        if tc != current() {
             return;
         }
-        (*tc).state = TORN_DOWN;
+        let _held = Held::new(tc);
+        if (*tc).state.load(Ordering::Relaxed) != ACTIVE {
+            return;
+        }
+        (*tc).state.store(TORN_DOWN, Ordering::Relaxed);
         drain(tc);
         for l in (*tc).lists.iter_mut() {
             l.max_len = 0;

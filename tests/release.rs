@@ -69,6 +69,12 @@ fn rss_falls_when_half_is_freed_by_another_thread() {
     assert_gave_back(&["cross", "1024", "64"]);
 }
 
+/// The other thread stays alive, asleep, after its half: its cache must not pin memory.
+#[test]
+fn rss_falls_when_the_other_thread_sleeps_on() {
+    assert_gave_back(&["idle", "1024", "64"]);
+}
+
 #[test]
 fn released_memory_is_reused_and_calloc_is_zero() {
     let (_, _, _, text) = run_fill_free(&["refill", "256", "16"]);

@@ -126,6 +126,8 @@ pub fn numeric_property(name: &[u8]) -> Option<usize> {
         b"oxmalloc.frees_total" => s.frees_total as usize,
         b"oxmalloc.bytes_allocated_total" => s.bytes_allocated_total as usize,
         b"oxmalloc.thread_caches" => s.thread_caches,
+        b"oxmalloc.cache_reclaims_total" => s.cache_reclaims_total,
+        b"oxmalloc.cache_reclaimed_bytes_total" => s.cache_reclaimed_bytes_total,
         _ => return None,
     };
     Some(v)

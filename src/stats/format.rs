@@ -143,6 +143,14 @@ pub fn write_text(w: &mut impl Write, s: &Stats) -> fmt::Result {
         s.large_allocations,
         s.thread_caches
     )?;
+    if s.cache_reclaims_total > 0 {
+        writeln!(
+            w,
+            "  {} idle thread caches emptied by other threads, {} taken from them",
+            s.cache_reclaims_total,
+            Bytes(s.cache_reclaimed_bytes_total)
+        )?;
+    }
     writeln!(
         w,
         "------------------------------------------------ size classes in use"
@@ -219,7 +227,7 @@ impl<const N: usize> fmt::Display for crate::hooks::StackBuf<N> {
 /// The JSON rendering: one object, every field always present.
 pub fn write_json(w: &mut impl Write, s: &Stats) -> fmt::Result {
     w.write_str("{")?;
-    let fields: [(&str, usize); 23] = [
+    let fields: [(&str, usize); 25] = [
         ("in_use_bytes", s.in_use_bytes),
         ("small_in_use_bytes", s.small_in_use_bytes),
         ("large_in_use_bytes", s.large_in_use_bytes),
@@ -247,6 +255,8 @@ pub fn write_json(w: &mut impl Write, s: &Stats) -> fmt::Result {
         ("large_allocations_total", s.large_allocations_total),
         ("largest_free_run_bytes", s.largest_free_run_bytes),
         ("thread_caches", s.thread_caches),
+        ("cache_reclaims_total", s.cache_reclaims_total),
+        ("cache_reclaimed_bytes_total", s.cache_reclaimed_bytes_total),
         ("page_size", PAGE_SIZE),
         ("classes_count", s.classes.len() - 1),
     ];

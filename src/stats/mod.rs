@@ -118,11 +118,7 @@ pub unsafe fn unregister_thread(tc: *mut ThreadCache) {
     let mut r = REGISTRY.lock();
     // SAFETY: as in register_thread.
     unsafe {
-        for (c, list) in (*tc).lists.iter().enumerate() {
-            RETIRED_ALLOCS[c].fetch_add(list.allocs.get() as u64, Ordering::Relaxed);
-            RETIRED_FREES[c].fetch_add(list.frees.get() as u64, Ordering::Relaxed);
-            RETIRED_REQUESTED[c].fetch_add(list.requested.get() as u64, Ordering::Relaxed);
-        }
+        retire_counts(tc);
         let (p, n) = ((*tc).stats.prev, (*tc).stats.next);
         if p.is_null() {
             r.head = n;
@@ -132,6 +128,57 @@ pub unsafe fn unregister_thread(tc: *mut ThreadCache) {
         if !n.is_null() {
             (*n).stats.prev = p;
         }
+    }
+}
+
+/// Folds a cache's lifetime counts into the retired totals.
+///
+/// # Safety
+/// `tc` points to a cache that is being unregistered (its memory is valid).
+unsafe fn retire_counts(tc: *mut ThreadCache) {
+    // SAFETY: caller's contract.
+    for (c, list) in unsafe { (*tc).lists.iter() }.enumerate() {
+        RETIRED_ALLOCS[c].fetch_add(list.allocs.get() as u64, Ordering::Relaxed);
+        RETIRED_FREES[c].fetch_add(list.frees.get() as u64, Ordering::Relaxed);
+        RETIRED_REQUESTED[c].fetch_add(list.requested.get() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Empties the registry but for `keep` (null: nothing), folding the others' counts into the
+/// retired totals. For the child side of `fork`.
+///
+/// # Safety
+/// The registry lock is held by this thread (taken before `fork`), and `keep` is null or the
+/// calling thread's registered cache.
+pub unsafe fn keep_only_after_fork(keep: *mut ThreadCache) {
+    // SAFETY: the lock is held (caller's contract), so the data is ours; the registered caches'
+    // memory is still mapped in the child, though their threads are gone.
+    unsafe {
+        let r = &mut *REGISTRY.data_ptr();
+        let mut t = r.head;
+        while !t.is_null() {
+            let next = (*t).stats.next;
+            if t != keep {
+                retire_counts(t);
+            }
+            t = next;
+        }
+        r.head = keep;
+        if !keep.is_null() {
+            (*keep).stats.next = ptr::null_mut();
+            (*keep).stats.prev = ptr::null_mut();
+        }
+    }
+}
+
+/// Calls `f` on every registered cache, under the registry lock (so each stays valid).
+pub fn for_each_cache(mut f: impl FnMut(*mut ThreadCache)) {
+    let r = REGISTRY.lock();
+    let mut t = r.head;
+    while !t.is_null() {
+        f(t);
+        // SAFETY: registered caches stay valid while the registry lock is held.
+        t = unsafe { (*t).stats.next };
     }
 }
 
@@ -232,6 +279,10 @@ pub struct Stats {
     pub bytes_allocated_total: u64,
     /// Threads with a live cache.
     pub thread_caches: usize,
+    /// Caches of sleeping threads emptied by other threads, and the bytes taken from them,
+    /// over the lifetime (see [`crate::reclaim`]).
+    pub cache_reclaims_total: usize,
+    pub cache_reclaimed_bytes_total: usize,
     /// Per class; index 0 is unused.
     pub classes: [ClassStats; NUM_CLASSES],
 }
@@ -291,6 +342,9 @@ pub fn snapshot() -> Stats {
         frees_total: 0,
         bytes_allocated_total: 0,
         thread_caches: 0,
+        cache_reclaims_total: crate::reclaim::RECLAIMS.load(Ordering::Relaxed) as usize,
+        cache_reclaimed_bytes_total: crate::reclaim::RECLAIMED_BYTES.load(Ordering::Relaxed)
+            as usize,
         classes: [ClassStats::default(); NUM_CLASSES],
     };
     let mut requested = [0u64; NUM_CLASSES];

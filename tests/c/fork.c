@@ -43,6 +43,8 @@ static void *busy_worker(void *arg) {
     return NULL;
 }
 
+int oxmalloc_get_numeric_property(const char *name, size_t *out) __attribute__((weak));
+
 static void child_alloc_round(uint64_t seed) {
     void *blocks[64];
     for (int i = 0; i < 64; i++) {
@@ -81,6 +83,12 @@ static int run_child(int round, void **parent_blocks, const size_t *parent_sizes
     pthread_t t;
     if (pthread_create(&t, NULL, child_thread, (void *)(uintptr_t)(round + 1)) != 0) return 21;
     if (pthread_join(t, NULL) != 0) return 22;
+    /* Only this thread exists here: a thread of the child may reuse the stack and TLS of a
+     * thread of the parent, and the statistics must count live caches only (and finish). */
+    size_t caches = 0;
+    if (oxmalloc_get_numeric_property &&
+        (!oxmalloc_get_numeric_property("oxmalloc.thread_caches", &caches) || caches > 1))
+        return 26;
     if (round % 10 == 0) {
         pid_t g = fork();
         if (g < 0) return 23;

@@ -1,9 +1,11 @@
 /* Fill about 1 GB with mixed small objects (16..512 bytes), free them all, and compare the
  * resident set with its value before the fill. No sleep, no malloc_trim.
  *
- * usage: fill_free [same|cross|refill] [fill_mib] [baseline_mib]
+ * usage: fill_free [same|cross|idle|refill] [fill_mib] [baseline_mib]
  *   same:   the allocating thread frees everything
  *   cross:  half of the objects are freed by another thread
+ *   idle:   half of the objects are freed by another thread, which then stays alive, asleep
+ *           (its cache must not keep memory resident)
  *   refill: after the free, malloc_trim(0), then calloc the same amount again and check that
  *           every byte is zero (pages given back to the OS must come back clean)
  *   baseline_mib: live data the program keeps during the whole run (default 64)
@@ -32,6 +34,15 @@ struct range { void **objs; size_t n; };
 static void *free_range(void *arg) {
     struct range *r = arg;
     for (size_t i = 0; i < r->n; i++) free(r->objs[i]);
+    return NULL;
+}
+
+/* For "idle": free a range, say so on done[1], then sleep until wake[0] is written. */
+static int done[2], wake[2];
+static void *free_range_then_sleep(void *arg) {
+    free_range(arg);
+    char c = 1;
+    if (write(done[1], &c, 1) != 1 || read(wake[0], &c, 1) != 1) abort();
     return NULL;
 }
 
@@ -66,6 +77,15 @@ int main(int argc, char **argv) {
         struct range rest = { objs + n / 2, n - n / 2 };
         free_range(&rest);
         pthread_join(t, NULL);
+    } else if (!strcmp(mode, "idle")) {
+        if (pipe(done) || pipe(wake)) { perror("pipe"); return 2; }
+        struct range half = { objs, n / 2 };
+        pthread_t t;
+        pthread_create(&t, NULL, free_range_then_sleep, &half);
+        char c;
+        if (read(done[0], &c, 1) != 1) abort();
+        struct range rest = { objs + n / 2, n - n / 2 };
+        free_range(&rest);
     } else {
         struct range all = { objs, n };
         free_range(&all);
@@ -73,6 +93,10 @@ int main(int argc, char **argv) {
     free(objs); /* the bookkeeping goes too: everything the fill added is freed */
     long after = rss_kib();
     printf("%ld %ld %ld\n", before, peak, after);
+    if (!strcmp(mode, "idle")) {
+        char c = 1;
+        if (write(wake[1], &c, 1) != 1) abort();
+    }
     if (!strcmp(mode, "refill")) {
         objs = malloc(n * sizeof *objs);
         int trimmed = malloc_trim(0);
