@@ -60,14 +60,15 @@ pub enum Why {
     Release,
 }
 
-/// Runs a pass if one is due. Called at the end of slow paths, holding no lock.
+/// Runs a pass if one is due. Called at the end of slow paths, holding no lock, with the
+/// calling thread's count of slow paths (the clock is read on every 16th).
 #[inline]
-pub fn poll() {
-    if IDLE_MS.load(Ordering::Relaxed) == 0 {
-        return;
-    }
+pub fn poll(slow_ops: usize) {
     if REQUESTED.load(Ordering::Relaxed) && REQUESTED.swap(false, Ordering::Relaxed) {
         run(Why::Shrink);
+        return;
+    }
+    if slow_ops % 16 != 0 || IDLE_MS.load(Ordering::Relaxed) == 0 {
         return;
     }
     let now = coarse_ms();

@@ -566,7 +566,8 @@ pub fn cache_holds(p: *mut u8, class: SizeClass) -> bool {
 unsafe extern "C" fn alloc_slow(tc: *mut ThreadCache, class: SizeClass, size: usize) -> *mut u8 {
     // SAFETY: `tc` is this thread's cache.
     let p = unsafe { alloc_held(tc, class, size) };
-    crate::reclaim::poll();
+    // SAFETY: `tc` is this thread's cache.
+    crate::reclaim::poll(unsafe { (*tc).slow_ops.get() });
     p
 }
 
@@ -638,7 +639,8 @@ fn max_len_for(class: SizeClass) -> u32 {
 unsafe extern "C" fn free_slow(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
     // SAFETY: `tc` is this thread's cache; `p` a free object of `class` (caller's contract).
     unsafe { free_held(tc, p, class) };
-    crate::reclaim::poll();
+    // SAFETY: `tc` is this thread's cache.
+    crate::reclaim::poll(unsafe { (*tc).slow_ops.get() });
 }
 
 /// [`free`] while the hit paths are closed (a reclaim pass runs).
@@ -744,8 +746,8 @@ pub fn follow_shrink_current() {
             follow_shrink(tc);
         }
         drop(held);
+        crate::reclaim::poll((*tc).slow_ops.get());
     }
-    crate::reclaim::poll();
 }
 
 /// Empties the transfer caches if the page heap asked for it (it started giving memory back).
