@@ -4,6 +4,8 @@
 Runs, as fresh processes under each allocator (interleaved, --runs times, medians reported):
   * fill/free, same thread:  tests/c_release/fill_free.c same 1024 64
   * fill/free, cross-thread: tests/c_release/fill_free.c cross 1024 64
+  * fill/free, idle thread:  tests/c_release/fill_free.c idle 1024 64 (the thread that freed
+    half stays alive, asleep, while RSS is read)
   * Python (PYTHONMALLOC=malloc): 3M small objects + 160 MiB of bytearrays, del, gc.collect()
 Each program reports its own RSS before the fill, at the peak and after the free (from
 /proc/self/statm); wall time is measured around the process, CPU time (user + system) from the
@@ -63,10 +65,11 @@ def main():
     workloads = [
         ("fill/free 1 GiB, same thread", [exe, "same", "1024", "64"], {}),
         ("fill/free 1 GiB, cross-thread", [exe, "cross", "1024", "64"], {}),
+        ("fill/free 1 GiB, other thread asleep", [exe, "idle", "1024", "64"], {}),
         ("Python del + gc", [python, "-c", PY_SCRIPT], {"PYTHONMALLOC": "malloc"}),
     ]
     if args.c_only:
-        workloads = workloads[:2]
+        workloads = workloads[:3]
     results = {}
     for r in range(args.runs):
         for w, cmd, extra in workloads:

@@ -69,6 +69,7 @@ fn global_init_slow() -> bool {
 /// Takes every allocator lock, in the order the code nests them (a reclaim pass holds `PASS`
 /// and the registry while it drains caches into the layers below).
 extern "C" fn fork_prepare() {
+    thread_cache::note_forking_thread();
     crate::reclaim::PASS.raw_lock();
     crate::stats::lock_registry();
     crate::hooks::lock_for_fork();

@@ -10,7 +10,7 @@
 //! | `OXMALLOC_HEAP_LIMIT` | bytes with optional suffix, or `auto` | none |
 //! | `OXMALLOC_RETAIN_MIN` | free page-heap bytes always allowed to stay resident | 1 MiB |
 //! | `OXMALLOC_RETAIN_PERCENT` | free resident bytes allowed beyond that, as a percentage of the bytes handed out | 6 |
-//! | `OXMALLOC_IDLE_CACHE_MS` | milliseconds a sleeping thread's cache may stay idle before another thread empties it; `0` or `off` never empties other threads' caches | 1000 |
+//! | `OXMALLOC_IDLE_CACHE_MS` | milliseconds (at most a day) a sleeping thread's cache may stay idle before another thread empties it; `0` or `off` never empties other threads' caches | 1000 |
 
 use core::sync::atomic::{AtomicUsize, Ordering};
 
@@ -22,6 +22,15 @@ pub static HEAP_LIMIT: AtomicUsize = AtomicUsize::new(0);
 pub static RETAIN_MIN: AtomicUsize = AtomicUsize::new(1 << 20);
 /// Further free resident bytes allowed, in percent of the bytes handed out.
 pub static RETAIN_PERCENT: AtomicUsize = AtomicUsize::new(6);
+
+/// Parses a plain count of milliseconds, at most a day.
+fn parse_millis(s: &[u8]) -> Option<usize> {
+    if s.is_empty() || s.len() > 9 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = s.iter().fold(0usize, |n, &d| n * 10 + (d - b'0') as usize);
+    (n <= 86_400_000).then_some(n)
+}
 
 /// Parses "123", "64K", "1.5G", "2GiB", "512mb" (binary units, case-insensitive).
 pub fn parse_size(s: &[u8]) -> Option<usize> {
@@ -130,8 +139,10 @@ pub fn load() {
     }
     if let Some(v) = env(c"OXMALLOC_IDLE_CACHE_MS") {
         match trim(v) {
-            b"off" | b"OFF" | b"none" => crate::reclaim::IDLE_MS.store(0, Ordering::Relaxed),
-            v => match parse_size(v) {
+            b"" | b"0" | b"off" | b"no" | b"none" => {
+                crate::reclaim::IDLE_MS.store(0, Ordering::Relaxed)
+            }
+            v => match parse_millis(v) {
                 Some(n) => crate::reclaim::IDLE_MS.store(n, Ordering::Relaxed),
                 None => malformed("OXMALLOC_IDLE_CACHE_MS"),
             },
@@ -156,51 +167,24 @@ pub fn load() {
     }
 }
 
-/// Reads a whole small file into `buf`; returns the bytes read.
-pub(crate) fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> usize {
-    // SAFETY: a NUL-terminated path; the fd is closed below.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return 0;
-    }
-    let mut total = 0;
-    while total < buf.len() {
-        // SAFETY: the destination is the unfilled tail of `buf`.
-        let n = unsafe {
-            libc::read(
-                fd,
-                buf[total..].as_mut_ptr() as *mut libc::c_void,
-                buf.len() - total,
-            )
-        };
-        if n <= 0 {
-            break;
-        }
-        total += n as usize;
-    }
-    // SAFETY: `fd` is ours.
-    unsafe { libc::close(fd) };
-    total
-}
-
 /// The memory this process may use: the cgroup v2 `memory.max`, else the cgroup v1
 /// `memory.limit_in_bytes`, else the machine's `MemTotal`; 0 if none can be read.
 pub fn memory_available() -> usize {
     let mut buf = [0u8; 4096];
-    let n = read_file(c"/sys/fs/cgroup/memory.max", &mut buf);
+    let n = crate::os::read_small_file(c"/sys/fs/cgroup/memory.max", &mut buf);
     if n > 0 {
         if let Some(v) = parse_size(&buf[..n]) {
             return v;
         }
     }
-    let n = read_file(c"/sys/fs/cgroup/memory/memory.limit_in_bytes", &mut buf);
+    let n = crate::os::read_small_file(c"/sys/fs/cgroup/memory/memory.limit_in_bytes", &mut buf);
     if n > 0 {
         // v1 reports "no limit" as a huge number near i64::MAX; treat it as none.
         if let Some(v) = parse_size(&buf[..n]).filter(|&v| v < 1 << 60) {
             return v;
         }
     }
-    let n = read_file(c"/proc/meminfo", &mut buf);
+    let n = crate::os::read_small_file(c"/proc/meminfo", &mut buf);
     let text = &buf[..n];
     if let Some(pos) = text.windows(9).position(|w| w == b"MemTotal:") {
         let line = &text[pos + 9..];
@@ -240,6 +224,16 @@ mod tests {
         assert_eq!(parse_size(b"12Q"), None);
         assert_eq!(parse_size(b"1.2.3"), None);
         assert_eq!(parse_size(b"99999999999999999999999T"), None);
+    }
+
+    #[test]
+    fn milliseconds_parse_as_plain_counts_up_to_a_day() {
+        assert_eq!(parse_millis(b"50"), Some(50));
+        assert_eq!(parse_millis(b"86400000"), Some(86_400_000));
+        assert_eq!(parse_millis(b"86400001"), None);
+        assert_eq!(parse_millis(b"1k"), None);
+        assert_eq!(parse_millis(b"99999999999999999999"), None);
+        assert_eq!(parse_millis(b""), None);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The OS layer: the only module that calls `mmap`, `munmap`, `madvise` and
-//! `process_madvise`.
+//! `process_madvise`, and that reads files.
 //!
 //! Invariants: every function is a thin, non-allocating wrapper; failures are reported as
 //! `None`/`false`, never by panicking. Mappings are private, anonymous, read-write and
@@ -123,6 +123,52 @@ pub fn release_ranges(ranges: &[libc::iovec]) -> bool {
         ok &= release(r.iov_base as *mut u8, r.iov_len);
     }
     ok
+}
+
+/// Reads a small file (in `/proc` or `/sys`) into `buf`; returns the bytes read, 0 if it
+/// cannot be read. Raw system calls, not libc's wrappers: inside malloc they must be neither
+/// cancellation points nor functions another library may interpose (and allocate in).
+pub fn read_small_file(path: &core::ffi::CStr, buf: &mut [u8]) -> usize {
+    // SAFETY: a NUL-terminated path; the fd is closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return 0;
+    }
+    let mut total = 0;
+    while total < buf.len() {
+        // SAFETY: the destination is the unfilled tail of `buf`.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_read,
+                fd,
+                buf[total..].as_mut_ptr() as *mut libc::c_void,
+                buf.len() - total,
+            )
+        };
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        total += n as usize;
+    }
+    // SAFETY: `fd` is ours.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+    total
+}
+
+/// This thread's errno.
+pub fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() }
 }
 
 /// Writes `msg` to standard error without allocating.

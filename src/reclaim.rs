@@ -8,26 +8,30 @@
 //! 1. It takes `PASS` (one pass at a time) and sets the hit paths' route to guarded (see
 //!    `thread_cache::ROUTE`): from then on every allocation and free, on every thread, goes
 //!    through a slow path, which holds its cache's guard.
-//! 2. For each registered cache worth emptying, it takes the cache's guard with `STOLEN`
-//!    (impossible while the owner is in a slow path), then asks the kernel whether the owner is
-//!    asleep in a system call (`/proc/self/task/TID/syscall`). A sleeping thread is in no hit
-//!    path (hit paths make no system call; a page fault or a stop reads as "not in a system
-//!    call"), and when it wakes, the route sends it to a slow path, which waits for the guard.
-//!    The owner's signal mask must also be the one it had when its cache started: a signal
-//!    handler that interrupted a hit path and then sleeps runs with its signal blocked.
+//! 2. For each other registered cache worth emptying, it takes the cache's guard with
+//!    `STOLEN` (impossible while the owner is in a slow path), then asks the kernel whether the
+//!    owner is asleep in a system call (`/proc/self/task/TID/syscall`; a page fault or a stop
+//!    does not read as one), and then whether the owner's in-hit-path mark is clear. Hit paths
+//!    make no system call, so an owner asleep in one is in a hit path only if a signal handler
+//!    interrupted it there and then slept: the mark says so (the owner sets it before reading
+//!    the route a second time, and the kernel's switch makes the store visible). When the owner
+//!    wakes, the route sends its next call to a slow path, which waits for the guard.
 //! 3. It empties the cache into the transfer caches, caps its lists short, releases the guard,
 //!    and in the end restores the route.
 //!
-//! Invariants: a cache is emptied only under its guard with `STOLEN`, its owner asleep in a
-//! system call, and `ROUTE` guarded since before the guard was taken. The pass takes the
-//! registry lock first and the transfer, central and page-heap locks under it (the order
-//! `fork` preparation uses too). Passes run from slow paths only, holding no allocator lock.
+//! Invariants: a cache is emptied only by another thread, under its guard with `STOLEN`, its
+//! owner asleep in a system call with its in-hit-path mark clear, and `ROUTE` guarded since
+//! before the guard was taken. The pass takes the registry lock first and the transfer, central
+//! and page-heap locks under it (the order `fork` preparation uses too); it holds no other
+//! allocator lock when it starts (it runs from slow paths and the explicit release). It reads
+//! `/proc` with raw system calls: no cancellation point and no interposed libc function inside
+//! malloc.
 //!
 //! When passes run: after the page heap released memory (a program is freeing much of its
-//! heap: caches that did not follow the shrink, or were idle since the previous pass, are
-//! emptied); every `OXMALLOC_IDLE_CACHE_MS` on a slow path (caches with no slow path since the
-//! previous such pass); and on an explicit release of free memory (every sleeping thread's
-//! cache). `OXMALLOC_IDLE_CACHE_MS=0` turns passes off.
+//! heap: caches that did not follow the shrink, or made no allocation or free since the
+//! previous pass, are emptied); every `OXMALLOC_IDLE_CACHE_MS`, checked on slow paths (caches
+//! with no allocation or free since the previous pass); and on an explicit release of free
+//! memory (every sleeping thread's cache). `OXMALLOC_IDLE_CACHE_MS=0` turns passes off.
 
 use crate::sync::SpinLock;
 use crate::thread_cache;
@@ -65,19 +69,19 @@ pub enum Why {
 #[inline]
 pub fn poll(slow_ops: usize) {
     if REQUESTED.load(Ordering::Relaxed) && REQUESTED.swap(false, Ordering::Relaxed) {
-        run(Why::Shrink);
+        if run(Why::Shrink).is_none() {
+            // A pass is running: leave the request for the next slow path.
+            REQUESTED.store(true, Ordering::Relaxed);
+        }
         return;
     }
     if slow_ops % 16 != 0 || IDLE_MS.load(Ordering::Relaxed) == 0 {
         return;
     }
     let now = coarse_ms();
-    if now >= NEXT_IDLE.load(Ordering::Relaxed) {
-        NEXT_IDLE.store(
-            now + IDLE_MS.load(Ordering::Relaxed) as u64,
-            Ordering::Relaxed,
-        );
-        run(Why::Idle);
+    if now >= NEXT_IDLE.load(Ordering::Relaxed) && run(Why::Idle).is_some() {
+        let period = IDLE_MS.load(Ordering::Relaxed) as u64;
+        NEXT_IDLE.store(now.saturating_add(period), Ordering::Relaxed);
     }
 }
 
@@ -92,22 +96,29 @@ fn coarse_ms() -> u64 {
     ts.tv_sec as u64 * 1000 + ts.tv_nsec as u64 / 1_000_000
 }
 
-/// Runs a pass (unless one is running). Returns the bytes taken from other threads' caches.
-pub fn run(why: Why) -> usize {
+/// Runs a pass. An explicit release waits for a running pass to end; the others give up
+/// (`None`). Returns the bytes taken from other threads' caches.
+pub fn run(why: Why) -> Option<usize> {
     if IDLE_MS.load(Ordering::Relaxed) == 0 {
-        return 0;
+        return Some(0);
     }
-    let Some(_pass) = PASS.try_lock() else {
-        return 0;
+    let _pass = if why == Why::Release {
+        PASS.lock()
+    } else {
+        PASS.try_lock()?
     };
     let epoch = crate::page_heap::SHRINK_EPOCH.load(Ordering::Relaxed);
+    let me = thread_cache::current_for_reclaim();
     let mut bytes = 0;
     let mut routed = false;
     crate::stats::for_each_cache(|tc| {
+        if tc == me {
+            return;
+        }
         // SAFETY: registered caches stay valid while the registry lock is held, which
         // `for_each_cache` does; the fields read without the guard are hints.
         unsafe {
-            let ops = (*tc).slow_ops.get();
+            let ops = thread_cache::op_count(tc);
             let idle = ops == (*tc).seen_ops.get();
             (*tc).seen_ops.set(ops);
             if thread_cache::cached_bytes_hint(tc) == 0 {
@@ -128,7 +139,7 @@ pub fn run(why: Why) -> usize {
             if !thread_cache::try_steal(tc) {
                 return;
             }
-            if asleep_in_syscall((*tc).tid, (*tc).sigmask) {
+            if asleep_in_syscall((*tc).tid) && !thread_cache::in_hit_path(tc) {
                 let n = thread_cache::empty_stolen(tc, epoch);
                 if n > 0 {
                     bytes += n;
@@ -142,62 +153,23 @@ pub fn run(why: Why) -> usize {
     if routed {
         thread_cache::route_normal();
     }
-    bytes
+    Some(bytes)
 }
 
-/// The calling thread's signal mask (its first 64 signals).
-pub fn signal_mask() -> u64 {
-    // SAFETY: sigset_t is plain data; pthread_sigmask with a null new set only reads the
-    // mask into `set`.
-    unsafe {
-        let mut set: libc::sigset_t = core::mem::zeroed();
-        if libc::pthread_sigmask(libc::SIG_BLOCK, core::ptr::null(), &mut set) != 0 {
-            return u64::MAX;
-        }
-        let mut mask = 0u64;
-        for sig in 1..=64 {
-            if libc::sigismember(&set, sig) == 1 {
-                mask |= 1 << (sig - 1);
-            }
-        }
-        mask
-    }
+/// The calling thread's kernel thread id.
+pub fn gettid() -> i32 {
+    // SAFETY: SYS_gettid has no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
 }
 
-/// Whether thread `tid` of this process sleeps in a system call with signal mask `mask`.
-fn asleep_in_syscall(tid: i32, mask: u64) -> bool {
-    let mut buf = [0u8; 2048];
+/// Whether thread `tid` of this process sleeps in a system call.
+fn asleep_in_syscall(tid: i32) -> bool {
+    let mut buf = [0u8; 64];
     // "nr arg0 ... sp pc", "-1 sp pc" outside a system call, or "running".
-    let Some(n) = read_task_file(tid, b"syscall", &mut buf[..64]) else {
+    let Some(n) = read_task_file(tid, b"syscall", &mut buf) else {
         return false;
     };
-    let text = &buf[..n];
-    if text.is_empty() || !text[0].is_ascii_digit() {
-        return false;
-    }
-    let Some(n) = read_task_file(tid, b"status", &mut buf) else {
-        return false;
-    };
-    status_sigblk(&buf[..n]) == Some(mask)
-}
-
-/// The `SigBlk` mask of a `/proc/.../status` text.
-fn status_sigblk(text: &[u8]) -> Option<u64> {
-    let key = b"\nSigBlk:\t";
-    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
-    let mut v = 0u64;
-    let mut digits = 0;
-    for &b in &text[at..] {
-        let d = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => break,
-        };
-        v = (v << 4) | d as u64;
-        digits += 1;
-    }
-    // More than 64 signals' worth of digits: keep the low 64, as `signal_mask` does.
-    (digits > 0).then_some(v)
+    buf[..n].first().is_some_and(u8::is_ascii_digit)
 }
 
 /// Reads `/proc/self/task/<tid>/<name>` into `buf`; the byte count, or `None`.
@@ -225,7 +197,7 @@ fn read_task_file(tid: i32, name: &[u8], buf: &mut [u8]) -> Option<usize> {
     put(name);
     // At most 16 + 10 + 1 + 7 bytes were written: the rest of `path` is NUL.
     let path = core::ffi::CStr::from_bytes_until_nul(&path).ok()?;
-    let n = crate::config::read_file(path, buf);
+    let n = crate::os::read_small_file(path, buf);
     (n > 0).then_some(n)
 }
 
@@ -234,46 +206,50 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sigblk_parses() {
-        let text = b"Name:\tx\nSigPnd:\t0000000000000000\nSigBlk:\t0000000000010002\nSigIgn:\t0\n";
-        assert_eq!(status_sigblk(text), Some(0x10002));
-        assert_eq!(status_sigblk(b"Name:\tx\n"), None);
-    }
-
-    #[test]
-    fn own_thread_is_not_asleep() {
-        // SAFETY: gettid has no preconditions.
-        let tid = unsafe { libc::gettid() };
+    fn task_files_are_read() {
+        let tid = gettid();
         let mut buf = [0u8; 64];
         assert!(read_task_file(tid, b"syscall", &mut buf).is_some());
         assert!(read_task_file(-5, b"syscall", &mut buf).is_none());
     }
 
     #[test]
-    fn sleeping_thread_is_asleep() {
+    fn sleeping_thread_is_asleep_and_running_thread_is_not() {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let (ttx, trx) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let h = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            ttx.send((unsafe { libc::gettid() }, signal_mask()))
-                .unwrap();
+            ttx.send(gettid()).unwrap();
             rx.recv().unwrap();
         });
-        let (tid, mask) = trx.recv().unwrap();
+        let stop2 = stop.clone();
+        let (stx, srx) = std::sync::mpsc::channel();
+        let spinner = std::thread::spawn(move || {
+            stx.send(gettid()).unwrap();
+            while !stop2.load(Ordering::Relaxed) {
+                core::hint::spin_loop();
+            }
+        });
+        let tid = trx.recv().unwrap();
+        let spinning = srx.recv().unwrap();
         let mut asleep = false;
         for _ in 0..200 {
-            if asleep_in_syscall(tid, mask) {
+            if asleep_in_syscall(tid) {
                 asleep = true;
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         assert!(asleep, "a thread blocked in recv reads as asleep");
-        assert!(
-            !asleep_in_syscall(tid, mask ^ 1),
-            "a changed mask is refused"
-        );
+        for _ in 0..20 {
+            assert!(
+                !asleep_in_syscall(spinning),
+                "a spinning thread read as asleep"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
         tx.send(()).unwrap();
         h.join().unwrap();
+        spinner.join().unwrap();
     }
 }

@@ -20,10 +20,11 @@
 //!   that overflows is emptied completely and capped at `SHRINK_LEN` again.
 //! - Another thread may empty a cache (see [`crate::reclaim`]) only while holding its `guard`
 //!   with the `STOLEN` bit, which it takes only when the owner holds no guard, and only once
-//!   `ROUTE` is `ROUTE_GUARDED` and the owner is asleep in a system call. The owner holds the
-//!   guard in every slow path (which may sleep in a system call mid-update); its hit paths take
-//!   no guard, which is safe because they make no system call and, once `ROUTE` is guarded,
-//!   every new operation goes through a slow path.
+//!   `ROUTE` is `ROUTE_GUARDED`, the owner is asleep in a system call and its `in_hit` mark is
+//!   clear. The owner holds the guard in every slow path (which may sleep in a system call
+//!   mid-update). A hit path sets `in_hit`, reads `ROUTE` again (leaving for a slow path if it
+//!   is guarded), and clears `in_hit` after its last access to the cache; it makes no system
+//!   call, so its owner can be asleep inside it only in a signal handler, with `in_hit` set.
 
 use crate::central_free_list::Chain;
 use crate::check;
@@ -33,7 +34,7 @@ use crate::stats::{LocalCounter, ThreadStats};
 use crate::transfer_cache;
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 pub const UNINIT: u8 = 0;
 pub const INITIALIZING: u8 = 1;
@@ -129,6 +130,10 @@ pub struct ThreadCache {
     max_size: LocalCounter,
     /// A copy of `check::FREE_TAG` (set when the cache becomes active), one load closer.
     free_tag: usize,
+    /// True while the owner is inside a hit path (set before it re-reads `ROUTE`, cleared
+    /// after its last store to the cache). A reclaim pass leaves a cache alone while it is
+    /// set: its owner sleeps in a signal handler that interrupted a hit path.
+    in_hit: AtomicBool,
     /// The `page_heap::SHRINK_EPOCH` this cache last followed.
     shrink_epoch: AtomicU32,
     /// `UNINIT`, `INITIALIZING`, `ACTIVE` or `TORN_DOWN` (read by reclaim passes).
@@ -140,9 +145,8 @@ pub struct ThreadCache {
     pub slow_ops: LocalCounter,
     /// `slow_ops` as the previous reclaim pass saw it (written by reclaim passes only).
     pub seen_ops: LocalCounter,
-    /// The owner's kernel thread id and signal mask (first 64 signals) when it became active.
+    /// The owner's kernel thread id.
     pub tid: i32,
-    pub sigmask: u64,
     pub stats: ThreadStats,
 }
 
@@ -153,13 +157,13 @@ impl ThreadCache {
             budget: LocalCounter::new(),
             max_size: LocalCounter::new(),
             free_tag: 0,
+            in_hit: AtomicBool::new(false),
             shrink_epoch: AtomicU32::new(0),
             state: AtomicU8::new(UNINIT),
             guard: AtomicU32::new(0),
             slow_ops: LocalCounter::new(),
             seen_ops: LocalCounter::new(),
             tid: 0,
-            sigmask: 0,
             stats: ThreadStats::new(),
         }
     }
@@ -241,28 +245,69 @@ fn current() -> *mut ThreadCache {
     CACHE.with(|c| c.get())
 }
 
-/// This thread's cache for a hit path, or `None` while operations must take the slow paths.
+/// This thread's cache for a hit path, marked in use (see [`enter_hit`]), or `None` while
+/// operations must take the slow paths.
 #[inline(always)]
 fn hit_cache() -> Option<*mut ThreadCache> {
     let route = ROUTE.load(Ordering::Relaxed);
-    if route > ROUTE_TLS {
-        Some(thread_pointer().wrapping_add(route) as *mut ThreadCache)
+    let tc = if route > ROUTE_TLS {
+        thread_pointer().wrapping_add(route) as *mut ThreadCache
     } else if route == ROUTE_TLS {
-        Some(current())
+        current()
     } else {
-        None
-    }
+        return None;
+    };
+    enter_hit(tc)
 }
 
-/// This thread's cache found from the thread pointer, when the static-TLS route is on (and no
-/// reclaim pass runs).
+/// This thread's cache found from the thread pointer, when the static-TLS route is on,
+/// marked in use (see [`enter_hit`]).
 #[inline(always)]
 fn static_tls_cache() -> Option<*mut ThreadCache> {
     let route = ROUTE.load(Ordering::Relaxed);
     if route <= ROUTE_TLS {
         return None;
     }
-    Some(thread_pointer().wrapping_add(route) as *mut ThreadCache)
+    enter_hit(thread_pointer().wrapping_add(route) as *mut ThreadCache)
+}
+
+/// Marks `tc` in a hit path, then reads `ROUTE` again: `None` (and unmarked) if a reclaim
+/// pass started meanwhile. Between the two, a pass can only have found the owner asleep in a
+/// signal handler that interrupted it here; the second read then sends it to a slow path,
+/// which waits for the pass. After it, the mark keeps any pass away until [`leave_hit`].
+#[inline(always)]
+fn enter_hit(tc: *mut ThreadCache) -> Option<*mut ThreadCache> {
+    // SAFETY: `tc` is this thread's cache.
+    unsafe {
+        (*tc).in_hit.store(true, Ordering::Relaxed);
+        // The mark must be in memory before the route is read again (a signal handler on
+        // this thread, or the kernel switching it out, sees program order).
+        compiler_fence(Ordering::SeqCst);
+        if ROUTE.load(Ordering::Acquire) == ROUTE_GUARDED {
+            (*tc).in_hit.store(false, Ordering::Relaxed);
+            return None;
+        }
+    }
+    Some(tc)
+}
+
+/// Ends [`enter_hit`], after the hit path's last access to the cache.
+///
+/// # Safety
+/// `tc` is this thread's cache.
+#[inline(always)]
+unsafe fn leave_hit(tc: *mut ThreadCache) {
+    // SAFETY: caller's contract. Release keeps the cache accesses before it.
+    unsafe { (*tc).in_hit.store(false, Ordering::Release) };
+}
+
+/// Whether the owner of `tc` was inside a hit path at its last visible store.
+///
+/// # Safety
+/// `tc` is a registered cache.
+pub(crate) unsafe fn in_hit_path(tc: *mut ThreadCache) -> bool {
+    // SAFETY: registered caches are live.
+    unsafe { (*tc).in_hit.load(Ordering::Acquire) }
 }
 
 /// Declares that this code's TLS is static (loaded at process start-up, never by `dlopen`),
@@ -271,8 +316,13 @@ fn static_tls_cache() -> Option<*mut ThreadCache> {
 pub fn use_static_tls() {
     if cfg!(all(target_arch = "x86_64", target_os = "linux")) {
         let off = (current() as usize).wrapping_sub(thread_pointer());
+        if off <= ROUTE_TLS {
+            // Cannot be told apart from the other routes (and cannot happen on x86-64, where
+            // static TLS lies below the thread pointer): keep the `thread_local!` route.
+            return;
+        }
         let _pass = crate::reclaim::PASS.lock();
-        STATIC_TLS_OFFSET.store(off.max(ROUTE_TLS + 1), Ordering::Relaxed);
+        STATIC_TLS_OFFSET.store(off, Ordering::Relaxed);
         route_normal();
     }
 }
@@ -382,8 +432,11 @@ pub fn alloc(class: SizeClass, size: usize) -> *mut u8 {
         let list = (*tc).lists.get_unchecked_mut(class.index());
         let head = list.head;
         if !head.is_null() {
-            return pop(tc, list, head, size);
+            let p = pop(tc, list, head, size);
+            leave_hit(tc);
+            return p;
         }
+        leave_hit(tc);
         alloc_slow(tc, class, size)
     }
 }
@@ -404,6 +457,7 @@ pub unsafe fn free(p: *mut u8, class: SizeClass) {
         if list.len() < list.max_len as usize {
             return push(tc, list, p);
         }
+        leave_hit(tc);
         free_slow(tc, p, class)
     }
 }
@@ -423,9 +477,11 @@ pub fn alloc_c(class: SizeClass, size: usize) -> *mut u8 {
         let list = (*tc).lists.get_unchecked_mut(class.index());
         let head = list.head;
         if head.is_null() {
+            leave_hit(tc);
             return alloc_c_slow(class, size);
         }
         let p = pop(tc, list, head, size);
+        leave_hit(tc);
         *check::tag_slot(p) = 0;
         p
     }
@@ -494,6 +550,7 @@ pub unsafe fn free_c(p: *mut u8, class: SizeClass, phase: usize) {
             || *tag == key
             || list.len() >= list.max_len as usize
         {
+            leave_hit(tc);
             return free_c_slow(p, class, phase);
         }
         *tag = key;
@@ -520,10 +577,12 @@ unsafe extern "C" fn free_c_slow(p: *mut u8, class: SizeClass, phase: usize) {
     }
 }
 
-/// Pushes `p` onto `list` (which has room) and scavenges if the cache is over budget.
+/// Pushes `p` onto `list` (which has room), ends the hit path, and scavenges if the cache is
+/// over budget.
 ///
 /// # Safety
-/// `list` is one of `tc`'s lists, `tc` this thread's cache, `p` a free object of its class.
+/// `list` is one of `tc`'s lists, `tc` this thread's cache, marked in a hit path, `p` a free
+/// object of its class.
 #[inline(always)]
 unsafe fn push(tc: *mut ThreadCache, list: &mut FreeList, p: *mut u8) {
     // SAFETY: guaranteed by the caller.
@@ -534,6 +593,7 @@ unsafe fn push(tc: *mut ThreadCache, list: &mut FreeList, p: *mut u8) {
         list.len.add(1);
         list.frees.add(1);
         (*tc).budget.sub(list.obj_size as usize);
+        leave_hit(tc);
         if (*tc).over_budget() {
             scavenge(tc);
         }
@@ -809,6 +869,25 @@ pub unsafe fn drain(tc: *mut ThreadCache) -> usize {
     bytes
 }
 
+/// The calling thread's cache, for a reclaim pass to skip.
+pub(crate) fn current_for_reclaim() -> *mut ThreadCache {
+    current()
+}
+
+/// Allocations and frees `tc`'s owner made through its cache, read without its guard (a hint
+/// that changes while the owner works).
+///
+/// # Safety
+/// `tc` is a registered cache.
+pub(crate) unsafe fn op_count(tc: *mut ThreadCache) -> usize {
+    // SAFETY: registered caches are live; the counters are read racily on purpose.
+    unsafe {
+        (*tc).lists.iter().fold((*tc).slow_ops.get(), |n, l| {
+            n.wrapping_add(l.allocs.get()).wrapping_add(l.frees.get())
+        })
+    }
+}
+
 /// Bytes `tc` caches, read without its guard (a hint).
 ///
 /// # Safety
@@ -877,12 +956,28 @@ pub fn drain_current() -> usize {
 /// otherwise be registered twice. What they cached is left alone: a thread may have been
 /// halfway through a list update when the parent forked.
 pub(crate) fn forget_other_threads() {
-    let tc = current();
-    // SAFETY: `tc` is this thread's cache.
+    let tc = FORKING_CACHE.load(Ordering::Relaxed);
+    // SAFETY: `tc` is this thread's cache, found before `fork` (see `note_forking_thread`).
     let active = unsafe { (*tc).state.load(Ordering::Relaxed) == ACTIVE };
+    if active {
+        // The child is a new process: its only thread has a new id.
+        // SAFETY: as above; no other thread exists to read it.
+        unsafe { (*tc).tid = crate::reclaim::gettid() };
+    }
     // SAFETY: called in the child under the registry lock (caller's contract).
     unsafe { crate::stats::keep_only_after_fork(if active { tc } else { ptr::null_mut() }) };
     ACTIVE_THREADS.store(active as usize, Ordering::Relaxed);
+}
+
+/// The cache of the thread that is forking, found before `fork` takes the locks (finding it
+/// through `thread_local!` may call into the dynamic loader, which may allocate).
+static FORKING_CACHE: core::sync::atomic::AtomicPtr<ThreadCache> =
+    core::sync::atomic::AtomicPtr::new(ptr::null_mut());
+
+/// Notes the calling thread's cache for [`forget_other_threads`]: called first thing in
+/// `fork` preparation.
+pub(crate) fn note_forking_thread() {
+    FORKING_CACHE.store(current(), Ordering::Relaxed);
 }
 
 /// Changes the cache's byte budget, keeping `budget = max_size - cached`.
@@ -953,8 +1048,7 @@ unsafe fn activate(tc: *mut ThreadCache) -> bool {
         }
         set_max_size(tc, per_thread_budget());
         (*tc).free_tag = check::FREE_TAG.load(Ordering::Relaxed);
-        (*tc).tid = libc::gettid();
-        (*tc).sigmask = crate::reclaim::signal_mask();
+        (*tc).tid = crate::reclaim::gettid();
         crate::stats::register_thread(tc);
         (*tc).state.store(ACTIVE, Ordering::Relaxed);
     }

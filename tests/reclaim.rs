@@ -37,12 +37,14 @@ fn idle_cache(args: &[&str], env: &[(&str, &str)]) -> Vec<f64> {
 
 #[test]
 fn a_sleeping_threads_cache_is_emptied_after_the_idle_period() {
-    // cached KiB, reclaimed KiB, ms until reclaimed (or the 5 s limit)
+    // cached KiB, reclaimed KiB, ms until reclaimed (or the 5 s limit), KiB released
     let v = idle_cache(&["idle", "5"], &[("OXMALLOC_IDLE_CACHE_MS", "50")]);
     assert!(v[0] >= 256.0, "the worker's cache did not fill: {v:?}");
     assert!(v[1] >= v[0] / 2.0, "its cache was not emptied: {v:?}");
     // Two idle periods (one to see it idle, one to empty it) plus scheduling slack.
     assert!(v[2] < 2000.0, "emptied only after {} ms", v[2]);
+    // The heap gave nothing back meanwhile, so no pass ran for that: the timer emptied it.
+    assert_eq!(v[3], 0.0, "the page heap released memory: {v:?}");
 }
 
 #[test]
@@ -71,6 +73,26 @@ fn reclaiming_races_with_waking_threads_without_corruption() {
         v[0] > 10.0,
         "too few caches were emptied to test anything: {v:?}"
     );
+}
+
+/// A signal handler that sleeps, installed with `SA_NODEFER` (the mask does not change), keeps
+/// interrupting churning threads, often inside malloc or free, while another thread empties
+/// sleepers' caches: a thread asleep in such a handler must be left alone.
+#[test]
+fn threads_asleep_in_a_signal_handler_inside_malloc_are_left_alone() {
+    let v = idle_cache(&["signals", "2"], &[]);
+    assert!(
+        v[0] > 10.0,
+        "too few caches were emptied to test anything: {v:?}"
+    );
+}
+
+/// In a forked child, the forking thread's cache is known by the child's thread id.
+#[test]
+fn a_forked_childs_sleeping_thread_is_reclaimed() {
+    let v = idle_cache(&["fork"], &[]);
+    assert!(v[0] >= 256.0, "the child's cache did not fill: {v:?}");
+    assert!(v[1] >= v[0] / 2.0, "its cache was not emptied: {v:?}");
 }
 
 const ALLOC: OxMalloc = OxMalloc;

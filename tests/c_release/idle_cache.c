@@ -2,17 +2,26 @@
  *
  * usage: idle_cache idle|release|stress [seconds]
  *   idle:    a worker fills its cache and falls asleep; the main thread keeps allocating.
- *            Prints "cached_kib reclaimed_kib ms" once the worker's cache was taken (or the
- *            time ran out): run with OXMALLOC_IDLE_CACHE_MS set low.
+ *            Prints "cached_kib reclaimed_kib ms released_kib" once the worker's cache was
+ *            taken (or the time ran out; released_kib: what the page heap gave back to the OS
+ *            meanwhile, which would start passes of its own): run with OXMALLOC_IDLE_CACHE_MS
+ *            set low.
  *   release: the same, but the main thread calls oxmalloc_release_free_memory() instead.
  *   stress:  threads churn verified blocks and sleep often while another thread empties the
  *            sleepers' caches without pause; any corruption fails. Prints the reclaim count.
+ *   signals: like stress, but the churning threads are also interrupted by a signal whose
+ *            handler sleeps (SA_NODEFER, so the signal mask does not change), often in the
+ *            middle of malloc or free. Prints the reclaim count.
+ *   fork:    in a forked child, the forking thread fills its cache and waits for a thread of
+ *            its own, which empties it. Prints the KiB taken.
  * Run under LD_PRELOAD=liboxmalloc.so. */
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -71,6 +80,7 @@ static int idle(int explicit, double seconds) {
     if (read(ready[0], &c, 1) != 1) abort();
     size_t cached = prop("oxmalloc.thread_cache_bytes");
     size_t before = prop("oxmalloc.cache_reclaimed_bytes_total");
+    size_t released = prop("oxmalloc.released_bytes_total");
     double start = now_ms(), ms = 0;
     size_t got = 0;
     static void *batch[4096];
@@ -87,7 +97,8 @@ static int idle(int explicit, double seconds) {
         if (got >= cached / 2) break;
         usleep(1000);
     }
-    printf("%zu %zu %.0f\n", cached >> 10, got >> 10, ms);
+    released = prop("oxmalloc.released_bytes_total") - released;
+    printf("%zu %zu %.0f %zu\n", cached >> 10, got >> 10, ms, released >> 10);
     c = 1;
     if (write(wake[1], &c, 1) != 1) abort();
     pthread_join(t, NULL);
@@ -154,6 +165,83 @@ static int stress(double seconds) {
     return 0;
 }
 
+static void on_signal(int sig) {
+    (void)sig;
+    struct timespec ts = {0, 300000}; /* asleep in a system call, inside whatever it interrupted */
+    nanosleep(&ts, NULL);
+}
+
+struct signaled { pthread_t *threads; int n; };
+
+static void *signaler(void *arg) {
+    struct signaled *s = arg;
+    for (unsigned i = 0; !stop; i++) {
+        pthread_kill(s->threads[i % s->n], SIGUSR1);
+        usleep(200);
+    }
+    return NULL;
+}
+
+static int signals(double seconds) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_NODEFER | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, NULL);
+    enum { T = 3 };
+    pthread_t w[T], r, k;
+    for (long i = 0; i < T; i++) pthread_create(&w[i], NULL, churner, (void *)(i + 11));
+    struct signaled s = { w, T };
+    pthread_create(&r, NULL, reclaimer, NULL);
+    pthread_create(&k, NULL, signaler, &s);
+    usleep((useconds_t)(seconds * 1e6));
+    stop = 1;
+    pthread_join(k, NULL);
+    for (int i = 0; i < T; i++) pthread_join(w[i], NULL);
+    pthread_join(r, NULL);
+    printf("%zu\n", prop("oxmalloc.cache_reclaims_total"));
+    return 0;
+}
+
+static size_t fork_cached;
+
+static void *fork_reclaimer(void *arg) {
+    (void)arg;
+    size_t before = prop("oxmalloc.cache_reclaimed_bytes_total");
+    double start = now_ms();
+    size_t got = 0;
+    while (now_ms() - start < 3000) {
+        oxmalloc_release_free_memory();
+        got = prop("oxmalloc.cache_reclaimed_bytes_total") - before;
+        if (got >= fork_cached / 2) break;
+        usleep(1000);
+    }
+    return (void *)got;
+}
+
+static int fork_child_reclaims(void) {
+    enum { KEEP = 16384, N = 40000 };
+    static char *keep[KEEP], *objs[N];
+    for (int i = 0; i < KEEP; i++) { keep[i] = malloc(4096); memset(keep[i], 1, 4096); }
+    pid_t pid = fork();
+    if (pid < 0) { perror("fork"); return 2; }
+    if (pid == 0) {
+        for (int i = 0; i < N; i++) objs[i] = malloc(64);
+        for (int i = 0; i < N; i++) free(objs[i]);
+        fork_cached = prop("oxmalloc.thread_cache_bytes");
+        pthread_t t;
+        void *got;
+        if (pthread_create(&t, NULL, fork_reclaimer, NULL) || pthread_join(t, &got)) _exit(3);
+        printf("%zu %zu\n", fork_cached >> 10, (size_t)got >> 10);
+        fflush(stdout);
+        _exit((size_t)got >= fork_cached / 2 ? 0 : 1);
+    }
+    int st;
+    if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st)) return 4;
+    return WEXITSTATUS(st);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "idle";
     double seconds = argc > 2 ? atof(argv[2]) : 3;
@@ -161,6 +249,8 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "idle")) return idle(0, seconds);
     if (!strcmp(mode, "release")) return idle(1, seconds);
     if (!strcmp(mode, "stress")) return stress(seconds);
+    if (!strcmp(mode, "signals")) return signals(seconds);
+    if (!strcmp(mode, "fork")) return fork_child_reclaims();
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
 }
