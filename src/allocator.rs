@@ -7,8 +7,9 @@
 //!   is an object of class `c`; every other pointer is the start of a `Large` span. The sized
 //!   free path relies on recomputing the same class from the same layout, so in-place `realloc`
 //!   keeps a small block only when the new layout maps to the same class.
-//! - `fork` takes every allocator lock first (hooks, transfer caches, central lists, page heap,
-//!   registry: the order in which they nest) and releases them in parent and child.
+//! - `fork` takes every allocator lock first (reclaim pass, registry, hooks, transfer caches,
+//!   central lists, page heap: the order in which they nest) and releases them in parent and
+//!   child; the child keeps only the forking thread's cache registered.
 //! - Global set-up is lazy and idempotent: the first slow-path call on any thread creates the
 //!   pthread key for thread-exit clean-up and registers the fork handlers. It allocates nothing.
 
@@ -69,8 +70,10 @@ fn global_init_slow() -> bool {
 /// Takes every allocator lock, in the order the code nests them (a reclaim pass holds `PASS`
 /// and the registry while it drains caches into the layers below).
 extern "C" fn fork_prepare() {
-    thread_cache::note_forking_thread();
+    let me = thread_cache::current_cache();
     crate::reclaim::PASS.raw_lock();
+    // Under PASS: a concurrent fork (where libc does not serialise them) cannot overwrite it.
+    thread_cache::note_forking_thread(me);
     crate::stats::lock_registry();
     crate::hooks::lock_for_fork();
     crate::transfer_cache::lock_all();

@@ -101,13 +101,14 @@ pub fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
     Some(unsafe { core::ffi::CStr::from_ptr(p) }.to_bytes())
 }
 
-fn malformed(name: &str) {
-    let mut b = crate::hooks::StackBuf::<160>::new();
+/// What a size setting looks like, for [`malformed`].
+const SIZE: &str = "bytes with optional K/M/G suffix";
+
+fn malformed(name: &str, expected: &str) {
+    let mut b = crate::hooks::StackBuf::<200>::new();
     let _ = core::fmt::Write::write_fmt(
         &mut b,
-        format_args!(
-            "oxmalloc: ignoring malformed {name} (expected bytes with optional K/M/G suffix)\n"
-        ),
+        format_args!("oxmalloc: ignoring malformed {name} (expected {expected})\n"),
     );
     crate::os::write_stderr(b.as_bytes());
 }
@@ -121,30 +122,33 @@ pub fn load() {
             }
             v => match parse_size(v) {
                 Some(n) => LARGE_ALLOC_REPORT_THRESHOLD.store(n, Ordering::Relaxed),
-                None => malformed("OXMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"),
+                None => malformed("OXMALLOC_LARGE_ALLOC_REPORT_THRESHOLD", SIZE),
             },
         }
     }
     if let Some(v) = env(c"OXMALLOC_RETAIN_MIN") {
         match parse_size(v) {
             Some(n) => RETAIN_MIN.store(n, Ordering::Relaxed),
-            None => malformed("OXMALLOC_RETAIN_MIN"),
+            None => malformed("OXMALLOC_RETAIN_MIN", SIZE),
         }
     }
     if let Some(v) = env(c"OXMALLOC_RETAIN_PERCENT") {
         match parse_size(v).filter(|&p| p <= 1000) {
             Some(n) => RETAIN_PERCENT.store(n, Ordering::Relaxed),
-            None => malformed("OXMALLOC_RETAIN_PERCENT"),
+            None => malformed("OXMALLOC_RETAIN_PERCENT", "a percentage up to 1000"),
         }
     }
     if let Some(v) = env(c"OXMALLOC_IDLE_CACHE_MS") {
         match trim(v) {
-            b"" | b"0" | b"off" | b"no" | b"none" => {
+            b"" | b"0" | b"off" | b"OFF" | b"no" | b"none" => {
                 crate::reclaim::IDLE_MS.store(0, Ordering::Relaxed)
             }
             v => match parse_millis(v) {
                 Some(n) => crate::reclaim::IDLE_MS.store(n, Ordering::Relaxed),
-                None => malformed("OXMALLOC_IDLE_CACHE_MS"),
+                None => malformed(
+                    "OXMALLOC_IDLE_CACHE_MS",
+                    "milliseconds up to 86400000, or off",
+                ),
             },
         }
     }
@@ -152,7 +156,7 @@ pub fn load() {
         match trim(v) {
             b"" | b"0" | b"off" | b"no" => {}
             b"1" | b"on" | b"yes" => crate::check::CHECKING.store(true, Ordering::Relaxed),
-            _ => malformed("OXMALLOC_CHECK"),
+            _ => malformed("OXMALLOC_CHECK", "1, on, yes, 0, off or no"),
         }
     }
     if let Some(v) = env(c"OXMALLOC_HEAP_LIMIT") {
@@ -161,7 +165,7 @@ pub fn load() {
             b"auto" => HEAP_LIMIT.store(auto_limit(), Ordering::Relaxed),
             v => match parse_size(v) {
                 Some(n) => HEAP_LIMIT.store(n, Ordering::Relaxed),
-                None => malformed("OXMALLOC_HEAP_LIMIT"),
+                None => malformed("OXMALLOC_HEAP_LIMIT", SIZE),
             },
         }
     }

@@ -171,6 +171,12 @@ pub fn errno() -> i32 {
     unsafe { *libc::__errno_location() }
 }
 
+/// Sets this thread's errno.
+pub fn set_errno(e: i32) {
+    // SAFETY: __errno_location returns this thread's errno slot.
+    unsafe { *libc::__errno_location() = e };
+}
+
 /// Writes `msg` to standard error without allocating.
 pub fn write_stderr(msg: &[u8]) {
     let mut rest = msg;

@@ -442,13 +442,17 @@ impl PageHeap {
     /// and that were not taken back yet (a program that frees a batch and allocates it again),
     /// the boost doubles (from 4 MiB up to 1 GiB), until what the program reuses stays resident;
     /// each release with no such regret since the previous one halves it. A program that frees
-    /// most of its memory and does not take it back never raises the boost.
+    /// most of its memory and does not take it back never raises the boost, and the boost
+    /// never counts for more than half of the bytes handed out, so one that freed most of its
+    /// heap gets its memory back even after it reused memory before.
     fn enforce_retention(&mut self) {
         let active = (self.stats.small_span_pages + self.stats.large_pages) * PAGE_SIZE;
         let allowance = crate::config::RETAIN_MIN
             .load(Ordering::Relaxed)
             .saturating_add(active / 100 * crate::config::RETAIN_PERCENT.load(Ordering::Relaxed))
-            .saturating_add(self.retain_boost);
+            // The boost never keeps more free than half of what is handed out: a program that
+            // freed most of its heap gets its memory back, whatever it reused before.
+            .saturating_add(self.retain_boost.min(active / 2));
         if self.stats.free_pages * PAGE_SIZE <= allowance {
             return;
         }

@@ -58,7 +58,7 @@ pub static RECLAIMED_BYTES: AtomicU64 = AtomicU64::new(0);
 pub enum Why {
     /// The page heap gave memory back: caches behind the shrink or idle since the last pass.
     Shrink,
-    /// Time: caches with no slow path since the last pass.
+    /// Time: caches with no allocation or free since the last pass.
     Idle,
     /// An explicit release: every cache whose owner sleeps.
     Release,
@@ -107,8 +107,41 @@ pub fn run(why: Why) -> Option<usize> {
     } else {
         PASS.try_lock()?
     };
+    if !proc_is_ours() {
+        return Some(0);
+    }
+    // `free` and `malloc` that succeed leave errno alone; the pass's reads of /proc may not.
+    let saved_errno = crate::os::errno();
+    let bytes = run_locked(why);
+    crate::os::set_errno(saved_errno);
+    Some(bytes)
+}
+
+/// Whether `/proc` shows this process's own PID namespace (a `/proc` mounted from another
+/// one would name other threads by our thread ids). Checked once.
+fn proc_is_ours() -> bool {
+    static KNOWN: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+    match KNOWN.load(Ordering::Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
+    let mut buf = [0u8; 32];
+    let n = crate::os::read_small_file(c"/proc/self/stat", &mut buf);
+    let pid = buf[..n]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0i64, |v, &d| v * 10 + (d - b'0') as i64);
+    // SAFETY: getpid has no preconditions.
+    let ours = n > 0 && pid == unsafe { libc::getpid() } as i64;
+    KNOWN.store(if ours { 1 } else { 2 }, Ordering::Relaxed);
+    ours
+}
+
+/// The pass itself, under `PASS`.
+fn run_locked(why: Why) -> usize {
     let epoch = crate::page_heap::SHRINK_EPOCH.load(Ordering::Relaxed);
-    let me = thread_cache::current_for_reclaim();
+    let me = thread_cache::current_cache();
     let mut bytes = 0;
     let mut routed = false;
     crate::stats::for_each_cache(|tc| {
@@ -132,6 +165,11 @@ pub fn run(why: Why) -> Option<usize> {
             if !wanted {
                 return;
             }
+            // A first look without the guard: a running owner is not stalled by the route
+            // while its /proc entry is read.
+            if !asleep_in_syscall((*tc).tid) {
+                return;
+            }
             if !routed {
                 thread_cache::route_guarded();
                 routed = true;
@@ -153,7 +191,7 @@ pub fn run(why: Why) -> Option<usize> {
     if routed {
         thread_cache::route_normal();
     }
-    Some(bytes)
+    bytes
 }
 
 /// The calling thread's kernel thread id.

@@ -20,11 +20,12 @@
 //!   that overflows is emptied completely and capped at `SHRINK_LEN` again.
 //! - Another thread may empty a cache (see [`crate::reclaim`]) only while holding its `guard`
 //!   with the `STOLEN` bit, which it takes only when the owner holds no guard, and only once
-//!   `ROUTE` is `ROUTE_GUARDED`, the owner is asleep in a system call and its `in_hit` mark is
-//!   clear. The owner holds the guard in every slow path (which may sleep in a system call
-//!   mid-update). A hit path sets `in_hit`, reads `ROUTE` again (leaving for a slow path if it
-//!   is guarded), and clears `in_hit` after its last access to the cache; it makes no system
-//!   call, so its owner can be asleep inside it only in a signal handler, with `in_hit` set.
+//!   `ROUTE` is `ROUTE_GUARDED`, the owner is asleep in a system call and its `in_hit` count is
+//!   zero. The owner holds the guard in every slow path (which may sleep in a system call
+//!   mid-update). A hit path adds one to `in_hit`, reads `ROUTE` again (leaving for a slow path
+//!   if it is guarded), and takes the one back after its last access to the cache; it makes no
+//!   system call, so its owner can be asleep inside it only in a signal handler, with `in_hit`
+//!   above zero (a handler's own hit paths nest: each takes back only its own one).
 
 use crate::central_free_list::Chain;
 use crate::check;
@@ -34,7 +35,7 @@ use crate::stats::{LocalCounter, ThreadStats};
 use crate::transfer_cache;
 use core::cell::UnsafeCell;
 use core::ptr;
-use core::sync::atomic::{compiler_fence, AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
 
 pub const UNINIT: u8 = 0;
 pub const INITIALIZING: u8 = 1;
@@ -130,10 +131,12 @@ pub struct ThreadCache {
     max_size: LocalCounter,
     /// A copy of `check::FREE_TAG` (set when the cache becomes active), one load closer.
     free_tag: usize,
-    /// True while the owner is inside a hit path (set before it re-reads `ROUTE`, cleared
-    /// after its last store to the cache). A reclaim pass leaves a cache alone while it is
-    /// set: its owner sleeps in a signal handler that interrupted a hit path.
-    in_hit: AtomicBool,
+    /// How many hit paths the owner is inside (one, or more when a signal handler that
+    /// interrupted one allocates): raised before it re-reads `ROUTE`, lowered after its last
+    /// access to the cache, each by a single instruction that a signal cannot split. A reclaim
+    /// pass leaves a cache alone while it is not zero: its owner sleeps in a signal handler
+    /// that interrupted a hit path.
+    in_hit: AtomicU8,
     /// The `page_heap::SHRINK_EPOCH` this cache last followed.
     shrink_epoch: AtomicU32,
     /// `UNINIT`, `INITIALIZING`, `ACTIVE` or `TORN_DOWN` (read by reclaim passes).
@@ -141,9 +144,10 @@ pub struct ThreadCache {
     /// Slow-path nesting depth of the owner, plus `STOLEN` while another thread empties the
     /// cache. Only the owner increments it; another thread only swaps 0 for `STOLEN` and back.
     guard: AtomicU32,
-    /// Slow paths the owner entered (read by the reclaim pass to tell idle caches).
+    /// Slow paths the owner entered.
     pub slow_ops: LocalCounter,
-    /// `slow_ops` as the previous reclaim pass saw it (written by reclaim passes only).
+    /// The cache's operation count ([`op_count`]) as the previous reclaim pass saw it, to
+    /// tell idle caches (written by reclaim passes only).
     pub seen_ops: LocalCounter,
     /// The owner's kernel thread id.
     pub tid: i32,
@@ -157,7 +161,7 @@ impl ThreadCache {
             budget: LocalCounter::new(),
             max_size: LocalCounter::new(),
             free_tag: 0,
-            in_hit: AtomicBool::new(false),
+            in_hit: AtomicU8::new(0),
             shrink_epoch: AtomicU32::new(0),
             state: AtomicU8::new(UNINIT),
             guard: AtomicU32::new(0),
@@ -279,12 +283,9 @@ fn static_tls_cache() -> Option<*mut ThreadCache> {
 fn enter_hit(tc: *mut ThreadCache) -> Option<*mut ThreadCache> {
     // SAFETY: `tc` is this thread's cache.
     unsafe {
-        (*tc).in_hit.store(true, Ordering::Relaxed);
-        // The mark must be in memory before the route is read again (a signal handler on
-        // this thread, or the kernel switching it out, sees program order).
-        compiler_fence(Ordering::SeqCst);
+        bump_in_hit(tc, true);
         if ROUTE.load(Ordering::Acquire) == ROUTE_GUARDED {
-            (*tc).in_hit.store(false, Ordering::Relaxed);
+            bump_in_hit(tc, false);
             return None;
         }
     }
@@ -294,11 +295,49 @@ fn enter_hit(tc: *mut ThreadCache) -> Option<*mut ThreadCache> {
 /// Ends [`enter_hit`], after the hit path's last access to the cache.
 ///
 /// # Safety
-/// `tc` is this thread's cache.
+/// `tc` is this thread's cache, marked by `enter_hit`.
 #[inline(always)]
 unsafe fn leave_hit(tc: *mut ThreadCache) {
-    // SAFETY: caller's contract. Release keeps the cache accesses before it.
-    unsafe { (*tc).in_hit.store(false, Ordering::Release) };
+    // SAFETY: caller's contract.
+    unsafe { bump_in_hit(tc, false) };
+}
+
+/// Adds one to `tc.in_hit` (`up`) or takes one away in a single instruction (a signal handler
+/// on this thread sees the count before or after, never half-way), ordered after every memory
+/// access before it and before every one after it (for this thread; other threads look only
+/// while it sleeps, after the kernel's switch). Only the owner writes the count.
+///
+/// # Safety
+/// `tc` is this thread's cache.
+#[inline(always)]
+unsafe fn bump_in_hit(tc: *mut ThreadCache, up: bool) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `tc` is this thread's cache; the byte is its `in_hit`, written by this thread
+    // only. The asm is not `nomem`, so the compiler keeps memory accesses on their side of it.
+    unsafe {
+        const OFF: usize = core::mem::offset_of!(ThreadCache, in_hit);
+        if up {
+            core::arch::asm!("inc byte ptr [{tc} + {off}]", tc = in(reg) tc, off = const OFF,
+                options(nostack));
+        } else {
+            core::arch::asm!("dec byte ptr [{tc} + {off}]", tc = in(reg) tc, off = const OFF,
+                options(nostack));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: as above; without a one-instruction add, the fences keep the order and a signal
+    // handler restores the value it found before the interrupted code stores.
+    unsafe {
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
+        let v = (*tc).in_hit.load(Ordering::Relaxed);
+        let v = if up {
+            v.wrapping_add(1)
+        } else {
+            v.wrapping_sub(1)
+        };
+        (*tc).in_hit.store(v, Ordering::Relaxed);
+        core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    }
 }
 
 /// Whether the owner of `tc` was inside a hit path at its last visible store.
@@ -307,7 +346,7 @@ unsafe fn leave_hit(tc: *mut ThreadCache) {
 /// `tc` is a registered cache.
 pub(crate) unsafe fn in_hit_path(tc: *mut ThreadCache) -> bool {
     // SAFETY: registered caches are live.
-    unsafe { (*tc).in_hit.load(Ordering::Acquire) }
+    unsafe { (*tc).in_hit.load(Ordering::Acquire) != 0 }
 }
 
 /// Declares that this code's TLS is static (loaded at process start-up, never by `dlopen`),
@@ -587,16 +626,29 @@ unsafe extern "C" fn free_c_slow(p: *mut u8, class: SizeClass, phase: usize) {
 unsafe fn push(tc: *mut ThreadCache, list: &mut FreeList, p: *mut u8) {
     // SAFETY: guaranteed by the caller.
     unsafe {
+        let over = link(tc, list, p);
+        leave_hit(tc);
+        if over {
+            scavenge(tc);
+        }
+    }
+}
+
+/// Links `p` onto `list` (which has room); returns whether the cache is now over budget.
+///
+/// # Safety
+/// `list` is one of `tc`'s lists, `tc` this thread's cache, `p` a free object of its class.
+#[inline(always)]
+unsafe fn link(tc: *mut ThreadCache, list: &mut FreeList, p: *mut u8) -> bool {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
         let obj = p as *mut FreeObject;
         (*obj).next = list.head;
         list.head = obj;
         list.len.add(1);
         list.frees.add(1);
         (*tc).budget.sub(list.obj_size as usize);
-        leave_hit(tc);
-        if (*tc).over_budget() {
-            scavenge(tc);
-        }
+        (*tc).over_budget()
     }
 }
 
@@ -730,7 +782,10 @@ unsafe fn free_held(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
         let list = &mut (*tc).lists[class.index()];
         if list.len() < list.max_len as usize {
             // Sent here by a reclaim pass, not by a full list.
-            return push(tc, list, p);
+            if link(tc, list, p) {
+                scavenge(tc);
+            }
+            return;
         }
         list.frees.add(1);
         let obj = p as *mut FreeObject;
@@ -869,8 +924,10 @@ pub unsafe fn drain(tc: *mut ThreadCache) -> usize {
     bytes
 }
 
-/// The calling thread's cache, for a reclaim pass to skip.
-pub(crate) fn current_for_reclaim() -> *mut ThreadCache {
+/// The calling thread's cache (for a reclaim pass to skip, and for `fork` preparation, which
+/// must find it before it takes any lock: finding it may run the dynamic loader's TLS set-up,
+/// which may allocate).
+pub(crate) fn current_cache() -> *mut ThreadCache {
     current()
 }
 
@@ -976,8 +1033,8 @@ static FORKING_CACHE: core::sync::atomic::AtomicPtr<ThreadCache> =
 
 /// Notes the calling thread's cache for [`forget_other_threads`]: called first thing in
 /// `fork` preparation.
-pub(crate) fn note_forking_thread() {
-    FORKING_CACHE.store(current(), Ordering::Relaxed);
+pub(crate) fn note_forking_thread(tc: *mut ThreadCache) {
+    FORKING_CACHE.store(tc, Ordering::Relaxed);
 }
 
 /// Changes the cache's byte budget, keeping `budget = max_size - cached`.
