@@ -41,6 +41,9 @@ use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 /// each further one doubles it up to the maximum.
 const RETAIN_BOOST_MIN: usize = 4 << 20;
 const RETAIN_BOOST_MAX: usize = 1 << 30;
+/// The boost may always count this much, however little is handed out: a program that frees a
+/// batch of up to this size and allocates it again keeps it resident between rounds.
+const RETAIN_BOOST_FLOOR: usize = 32 << 20;
 
 /// Free spans up to this many pages sit in exact-length lists.
 pub const MAX_LISTED: usize = 128;
@@ -443,16 +446,18 @@ impl PageHeap {
     /// the boost doubles (from 4 MiB up to 1 GiB), until what the program reuses stays resident;
     /// each release with no such regret since the previous one halves it. A program that frees
     /// most of its memory and does not take it back never raises the boost, and the boost
-    /// never counts for more than half of the bytes handed out, so one that freed most of its
-    /// heap gets its memory back even after it reused memory before.
+    /// never counts for more than half of the bytes handed out (or 32 MiB, whichever is more),
+    /// so one that freed most of a big heap gets its memory back even after it reused memory
+    /// before.
     fn enforce_retention(&mut self) {
         let active = (self.stats.small_span_pages + self.stats.large_pages) * PAGE_SIZE;
         let allowance = crate::config::RETAIN_MIN
             .load(Ordering::Relaxed)
             .saturating_add(active / 100 * crate::config::RETAIN_PERCENT.load(Ordering::Relaxed))
-            // The boost never keeps more free than half of what is handed out: a program that
-            // freed most of its heap gets its memory back, whatever it reused before.
-            .saturating_add(self.retain_boost.min(active / 2));
+            // The boost never keeps more free than half of what is handed out (or
+            // `RETAIN_BOOST_FLOOR`): a program that freed most of a big heap gets its memory
+            // back, whatever it reused before.
+            .saturating_add(self.retain_boost.min((active / 2).max(RETAIN_BOOST_FLOOR)));
         if self.stats.free_pages * PAGE_SIZE <= allowance {
             return;
         }
