@@ -11,7 +11,10 @@
 #     fork from a busy threaded parent, realloc growth, calloc reuse, and the whole-process
 #     benchmark workloads with 2 to 8 threads (their checksums must match glibc's);
 #   - the C cross-thread and realloc programs and the Rust stress tests again under the checking
-#     mode (OXMALLOC_CHECK=1), which must report nothing.
+#     mode (OXMALLOC_CHECK=1), which must report nothing;
+#   - idle-cache reclaim: sleeping threads' caches emptied while their owners wake, with signal
+#     handlers that sleep inside malloc, in a forked child, and the C threads and fork programs
+#     with a reclaim pass due every 5 ms.
 # Every failure is logged with its output; the script exits non-zero if any round failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +30,7 @@ stress=$(bin stress); model=$(bin model); global=$(bin global_std)
 lib=$PWD/target/release/liboxmalloc.so
 cdir=target/soak-c
 mkdir -p "$cdir"
-for src in tests/c/threads.c tests/c/fork.c tests/c/realloc.c tests/c/calloc.c; do
+for src in tests/c/threads.c tests/c/fork.c tests/c/realloc.c tests/c/calloc.c tests/c_release/idle_cache.c; do
     cc -O2 -g -pthread -fno-builtin -o "$cdir/$(basename "$src" .c)" "$src" -ldl || exit 1
 done
 for src in benches/c/threads.c benches/c/prodcons.c benches/c/churn.c; do
@@ -71,6 +74,12 @@ while [ "$(date +%s)" -lt "$end" ]; do
     run "checked c threads" env OXMALLOC_CHECK=1 LD_PRELOAD="$lib" "$cdir/threads"
     run "checked c realloc" env OXMALLOC_CHECK=1 LD_PRELOAD="$lib" "$cdir/realloc"
     run "checked rust stress" env OXMALLOC_CHECK=1 "$stress" --test-threads=2
+    for mode in stress signals; do
+        run "reclaim $mode" env LD_PRELOAD="$lib" "$cdir/idle_cache" "$mode" 2
+    done
+    run "reclaim fork" env LD_PRELOAD="$lib" "$cdir/idle_cache" fork
+    run "c threads, frequent reclaim" env OXMALLOC_IDLE_CACHE_MS=5 LD_PRELOAD="$lib" "$cdir/threads"
+    run "c fork, frequent reclaim" env OXMALLOC_IDLE_CACHE_MS=5 LD_PRELOAD="$lib" "$cdir/fork"
     elapsed=$(( $(date +%s) - start ))
     echo "round $rounds: $runs runs, $failures failed, ${elapsed}s"
 done

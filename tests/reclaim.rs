@@ -92,17 +92,6 @@ fn threads_asleep_in_a_signal_handler_inside_malloc_are_left_alone() {
     );
 }
 
-/// The same with a handler that allocates before it sleeps: its hit paths nest inside the one
-/// it interrupted, and must not unmark it on the way out.
-#[test]
-fn a_handler_that_allocates_does_not_unmark_the_hit_path_it_interrupted() {
-    let v = idle_cache(&["signals-alloc", "2"], &[]);
-    assert!(
-        v[0] > 10.0,
-        "too few caches were emptied to test anything: {v:?}"
-    );
-}
-
 /// In a forked child, the forking thread's cache is known by the child's thread id.
 #[test]
 fn a_forked_childs_sleeping_thread_is_reclaimed() {

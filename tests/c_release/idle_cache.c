@@ -12,8 +12,6 @@
  *   signals: like stress, but the churning threads are also interrupted by a signal whose
  *            handler sleeps (SA_NODEFER, so the signal mask does not change), often in the
  *            middle of malloc or free. Prints the reclaim count.
- *   signals-alloc: the same with a handler that also allocates and frees before it sleeps
- *            (not async-signal-safe, but common: its hit paths nest in the interrupted one).
  *   fork:    in a forked child, the forking thread fills its cache and waits for a thread of
  *            its own, which empties it. Prints the KiB taken.
  * Run under LD_PRELOAD=liboxmalloc.so. */
@@ -167,15 +165,8 @@ static int stress(double seconds) {
     return 0;
 }
 
-static int handler_allocates;
-
 static void on_signal(int sig) {
     (void)sig;
-    if (handler_allocates) {
-        /* Another class than most of the churn, and one the churn uses too. */
-        free(malloc(24));
-        free(malloc(200));
-    }
     struct timespec ts = {0, 300000}; /* asleep in a system call, inside whatever it interrupted */
     nanosleep(&ts, NULL);
 }
@@ -259,10 +250,6 @@ int main(int argc, char **argv) {
     if (!strcmp(mode, "release")) return idle(1, seconds);
     if (!strcmp(mode, "stress")) return stress(seconds);
     if (!strcmp(mode, "signals")) return signals(seconds);
-    if (!strcmp(mode, "signals-alloc")) {
-        handler_allocates = 1;
-        return signals(seconds);
-    }
     if (!strcmp(mode, "fork")) return fork_child_reclaims();
     fprintf(stderr, "unknown mode %s\n", mode);
     return 2;
