@@ -417,8 +417,22 @@ impl Held {
                 return;
             }
             if backoff.is_completed() {
-                // SAFETY: sched_yield has no preconditions.
-                unsafe { libc::sched_yield() };
+                // Sleep rather than yield: under a real-time policy, yielding would never let a
+                // lower-priority thread's pass on this CPU finish. (Asleep here, the owner is in
+                // no hit path and holds no guard, so a pass may empty its cache meanwhile.)
+                let ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 50_000,
+                };
+                // The raw system call: libc's `nanosleep` is a cancellation point.
+                // SAFETY: `ts` is a valid timespec; the remainder pointer may be null.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_nanosleep,
+                        &ts as *const libc::timespec,
+                        ptr::null_mut::<libc::timespec>(),
+                    )
+                };
             } else {
                 backoff.snooze();
             }
