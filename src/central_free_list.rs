@@ -262,28 +262,24 @@ unsafe fn insert_one(
 ) {
     // SAFETY: guaranteed by the caller.
     unsafe {
-        {
-            if checking {
-                checked_free(s, class, obj);
-                (*obj).next = check::encode((*s).free_objects, obj);
-            } else {
-                debug_assert!(
-                    !s.is_null() && (*s).state == SpanState::Small && (*s).class == class
-                );
-                (*obj).next = (*s).free_objects;
-            }
-            (*s).free_objects = obj;
-            (*s).allocated -= 1;
-            list.free_objects += 1;
-            if s != *pending && !pending.is_null() {
-                list.place(*pending, info);
-            }
-            *pending = s;
-            if (*s).allocated == 0 {
-                // It may go back to the page heap: settle it now.
-                list.place(s, info);
-                *pending = ptr::null_mut();
-            }
+        if checking {
+            checked_free(s, class, obj);
+            (*obj).next = check::encode((*s).free_objects, obj);
+        } else {
+            debug_assert!(!s.is_null() && (*s).state == SpanState::Small && (*s).class == class);
+            (*obj).next = (*s).free_objects;
+        }
+        (*s).free_objects = obj;
+        (*s).allocated -= 1;
+        list.free_objects += 1;
+        if s != *pending && !pending.is_null() {
+            list.place(*pending, info);
+        }
+        *pending = s;
+        if (*s).allocated == 0 {
+            // It may go back to the page heap: settle it now.
+            list.place(s, info);
+            *pending = ptr::null_mut();
         }
     }
 }

@@ -109,8 +109,7 @@ pub fn release_ranges(ranges: &[libc::iovec]) -> bool {
             return true;
         }
         if n < 0 {
-            // SAFETY: errno is thread-local and readable at any time.
-            let err = unsafe { *libc::__errno_location() };
+            let err = errno();
             if matches!(err, libc::ENOSYS | libc::EINVAL | libc::EBADF | libc::EPERM) {
                 NO_PROCESS_MADVISE.store(true, Ordering::Relaxed);
             }
@@ -166,12 +165,14 @@ pub fn read_small_file(path: &core::ffi::CStr, buf: &mut [u8]) -> usize {
 }
 
 /// This thread's errno.
+#[inline]
 pub fn errno() -> i32 {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() }
 }
 
 /// Sets this thread's errno.
+#[inline]
 pub fn set_errno(e: i32) {
     // SAFETY: __errno_location returns this thread's errno slot.
     unsafe { *libc::__errno_location() = e };

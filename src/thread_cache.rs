@@ -569,8 +569,7 @@ unsafe fn pop(
 extern "C" fn alloc_c_slow(class: SizeClass, size: usize) -> *mut u8 {
     let p = alloc(class, size);
     if p.is_null() {
-        // SAFETY: __errno_location returns this thread's errno slot.
-        unsafe { *libc::__errno_location() = libc::ENOMEM };
+        crate::os::set_errno(libc::ENOMEM);
     } else {
         // SAFETY: a fresh object of at least 16 bytes.
         unsafe { *check::tag_slot(p) = 0 };
@@ -648,7 +647,7 @@ unsafe fn push(tc: *mut ThreadCache, list: &mut FreeList, p: *mut u8) {
     }
 }
 
-/// Links `p` onto `list` (which has room); returns whether the cache is now over budget.
+/// Links `p` onto `list`; returns whether the cache is now over budget.
 ///
 /// # Safety
 /// `list` is one of `tc`'s lists, `tc` this thread's cache, `p` a free object of its class.
@@ -801,12 +800,8 @@ unsafe fn free_held(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
             }
             return;
         }
-        list.frees.add(1);
-        let obj = p as *mut FreeObject;
-        (*obj).next = list.head;
-        list.head = obj;
-        list.len.add(1);
-        (*tc).budget.sub(class.size());
+        // The list overflows by this object; what goes out below also settles the budget.
+        link(tc, list, p);
         if crate::page_heap::SHRINKING.load(Ordering::Relaxed) {
             // The heap is giving memory back, and cached objects pin the partly used spans
             // they belong to: the whole list goes, and it stays short until the heap grows.
@@ -853,14 +848,26 @@ unsafe fn follow_shrink(tc: *mut ThreadCache) {
     let epoch = crate::page_heap::SHRINK_EPOCH.load(Ordering::Relaxed);
     // SAFETY: `tc` is this thread's cache.
     unsafe {
-        if epoch == (*tc).shrink_epoch.load(Ordering::Relaxed) {
-            return;
+        if epoch != (*tc).shrink_epoch.load(Ordering::Relaxed) {
+            empty_to_shrink_len(tc, epoch);
         }
+    }
+}
+
+/// Empties `tc` into the transfer caches, caps every list at `SHRINK_LEN` and records that the
+/// cache followed shrink `epoch`. Returns the bytes taken.
+///
+/// # Safety
+/// `tc` is an active cache that the caller has to itself (its owner, or a thread that stole it).
+unsafe fn empty_to_shrink_len(tc: *mut ThreadCache, epoch: u32) -> usize {
+    // SAFETY: caller's contract.
+    unsafe {
         (*tc).shrink_epoch.store(epoch, Ordering::Relaxed);
-        drain(tc);
+        let bytes = drain(tc);
         for list in (*tc).lists.iter_mut() {
             list.max_len = list.max_len.min(SHRINK_LEN);
         }
+        bytes
     }
 }
 
@@ -987,8 +994,8 @@ pub(crate) unsafe fn behind_shrink(tc: *mut ThreadCache, epoch: u32) -> bool {
     unsafe { (*tc).shrink_epoch.load(Ordering::Relaxed) != epoch }
 }
 
-/// Empties another thread's cache, stolen with [`try_steal`], and caps its lists as
-/// [`follow_shrink`] does. Returns the bytes taken.
+/// Empties another thread's cache, stolen with [`try_steal`], as [`follow_shrink`] does.
+/// Returns the bytes taken.
 ///
 /// # Safety
 /// The caller holds `tc`'s guard through `try_steal`, and its owner is outside every hit path
@@ -999,12 +1006,7 @@ pub(crate) unsafe fn empty_stolen(tc: *mut ThreadCache, epoch: u32) -> usize {
         if (*tc).state.load(Ordering::Relaxed) != ACTIVE {
             return 0;
         }
-        let bytes = drain(tc);
-        for list in (*tc).lists.iter_mut() {
-            list.max_len = list.max_len.min(SHRINK_LEN);
-        }
-        (*tc).shrink_epoch.store(epoch, Ordering::Relaxed);
-        bytes
+        empty_to_shrink_len(tc, epoch)
     }
 }
 

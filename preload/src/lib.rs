@@ -23,7 +23,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use oxmalloc_core::allocator;
 use oxmalloc_core::check;
 use oxmalloc_core::hooks::StackBuf;
-use oxmalloc_core::os;
+use oxmalloc_core::os::{self, errno, set_errno};
 use oxmalloc_core::size_class::{self, MAX_SMALL_SIZE};
 use oxmalloc_core::{pagemap, thread_cache};
 
@@ -39,12 +39,6 @@ const MIN_SIZE: usize = 16;
 
 /// True while this copy is the process's `malloc` (the normal, preloaded case).
 static SERVING: AtomicBool = AtomicBool::new(true);
-
-#[inline(always)]
-fn set_errno(e: c_int) {
-    // SAFETY: __errno_location returns this thread's errno slot.
-    unsafe { *libc::__errno_location() = e };
-}
 
 /// Decides once, at load time, whether this library is the process's `malloc`.
 extern "C" fn detect_serving() {
@@ -377,11 +371,6 @@ pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, siz
     // SAFETY: the caller passes a valid out-pointer.
     unsafe { *out = p };
     0
-}
-
-fn errno() -> c_int {
-    // SAFETY: __errno_location returns this thread's errno slot.
-    unsafe { *libc::__errno_location() }
 }
 
 /// `valloc(3)`: page-aligned.
