@@ -59,6 +59,13 @@ struct ChunkHeader {
 const _: () = assert!(core::mem::size_of::<ChunkHeader>() <= FIRST);
 
 impl ChunkHeader {
+    /// The header of the chunk holding record `r`, and `r`'s slot in it (every record lies in
+    /// a chunk whose header starts at the chunk's base).
+    fn locate(r: *const Span) -> (*mut ChunkHeader, usize) {
+        let h = r as usize & !(CHUNK - 1);
+        (h as *mut ChunkHeader, (r as usize - h - FIRST) / RECORD)
+    }
+
     /// The OS pages slot `slot` overlaps, first and last.
     fn pages_of(slot: usize) -> (usize, usize) {
         let off = FIRST + slot * RECORD;
@@ -196,12 +203,9 @@ impl RecordArena {
     /// # Safety
     /// `r` came from [`alloc`](Self::alloc) and is live.
     pub unsafe fn alloc_before(&mut self, r: *const Span) -> *mut Span {
-        let h = (r as usize & !(CHUNK - 1)) as *mut ChunkHeader;
-        // SAFETY: every record lies in a chunk whose header starts at the chunk's base.
-        let at = (
-            unsafe { (*h).index },
-            (r as usize - h as usize - FIRST) / RECORD,
-        );
+        let (h, slot) = ChunkHeader::locate(r);
+        // SAFETY: `h` is the mapped header of `r`'s chunk.
+        let at = (unsafe { (*h).index }, slot);
         match self.lowest_free() {
             Some(found) if found < at => self.take(found.0, found.1),
             _ => ptr::null_mut(),
@@ -213,9 +217,8 @@ impl RecordArena {
     /// # Safety
     /// `r` came from [`alloc`](Self::alloc) and nothing refers to it any more.
     pub unsafe fn free(&mut self, r: *mut Span) {
-        let h = (r as usize & !(CHUNK - 1)) as *mut ChunkHeader;
-        let slot = (r as usize - h as usize - FIRST) / RECORD;
-        // SAFETY: every record lies in a chunk whose header starts at the chunk's base.
+        let (h, slot) = ChunkHeader::locate(r);
+        // SAFETY: `h` is the mapped header of `r`'s chunk, `slot` its live slot.
         unsafe {
             let w = slot / 64;
             debug_assert!((*h).free_bits[w] & (1 << (slot % 64)) == 0);
