@@ -35,6 +35,7 @@
 
 use crate::sync::SpinLock;
 use crate::thread_cache;
+use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 /// Held by a running pass, and by changes of the hit paths' route.
@@ -204,37 +205,18 @@ pub fn gettid() -> i32 {
 fn asleep_in_syscall(tid: i32) -> bool {
     let mut buf = [0u8; 64];
     // "nr arg0 ... sp pc", "-1 sp pc" outside a system call, or "running".
-    let Some(n) = read_task_file(tid, b"syscall", &mut buf) else {
+    let Some(n) = read_task_file(tid, "syscall", &mut buf) else {
         return false;
     };
     buf[..n].first().is_some_and(u8::is_ascii_digit)
 }
 
 /// Reads `/proc/self/task/<tid>/<name>` into `buf`; the byte count, or `None`.
-fn read_task_file(tid: i32, name: &[u8], buf: &mut [u8]) -> Option<usize> {
-    let mut path = [0u8; 64];
-    let mut len = 0;
-    let mut put = |bytes: &[u8]| {
-        path[len..len + bytes.len()].copy_from_slice(bytes);
-        len += bytes.len();
-    };
-    put(b"/proc/self/task/");
-    let mut digits = [0u8; 12];
-    let mut d = digits.len();
-    let mut t = tid as u32;
-    loop {
-        d -= 1;
-        digits[d] = b'0' + (t % 10) as u8;
-        t /= 10;
-        if t == 0 {
-            break;
-        }
-    }
-    put(&digits[d..]);
-    put(b"/");
-    put(name);
-    // At most 16 + 10 + 1 + 7 bytes were written: the rest of `path` is NUL.
-    let path = core::ffi::CStr::from_bytes_until_nul(&path).ok()?;
+fn read_task_file(tid: i32, name: &str, buf: &mut [u8]) -> Option<usize> {
+    let mut path = crate::hooks::StackBuf::<64>::new();
+    // A path cut at the buffer's end has no NUL and is refused below.
+    let _ = write!(path, "/proc/self/task/{tid}/{name}\0");
+    let path = core::ffi::CStr::from_bytes_with_nul(path.as_bytes()).ok()?;
     let n = crate::os::read_small_file(path, buf);
     (n > 0).then_some(n)
 }
@@ -247,8 +229,8 @@ mod tests {
     fn task_files_are_read() {
         let tid = gettid();
         let mut buf = [0u8; 64];
-        assert!(read_task_file(tid, b"syscall", &mut buf).is_some());
-        assert!(read_task_file(-5, b"syscall", &mut buf).is_none());
+        assert!(read_task_file(tid, "syscall", &mut buf).is_some());
+        assert!(read_task_file(-5, "syscall", &mut buf).is_none());
     }
 
     #[test]
