@@ -2,9 +2,14 @@
 //!
 //! Invariants (under the class's lock):
 //! - The buckets hold exactly the class's spans that have at least one free or uncarved object,
-//!   each in bucket `allocated * BUCKETS / objects_per_span` (recorded in `span.bucket`), and
-//!   bit `b` of `mask` is set exactly when bucket `b` is non-empty. Objects are taken from the
-//!   fullest bucket first, so nearly empty spans get the chance to empty and leave.
+//!   and bit `b` of `mask` is set exactly when bucket `b` is non-empty. A span sits in bucket
+//!   `span.bucket`, which is at least its fullness bucket `allocated * BUCKETS /
+//!   objects_per_span`: frees leave a span where it is (moving it on every free cost two more
+//!   cache misses, its list neighbours, while a heap drains), so the recorded bucket can only be
+//!   too high. Allocation looks at the first span of the highest bucket, moves it down when it
+//!   is too high, and takes from it once it is not: that span is then among the fullest, since
+//!   every other span's fullness is at most its bucket. Nearly empty spans get the chance to
+//!   empty and leave.
 //! - A span with every object out is in no bucket. A span with no object out goes back to the
 //!   page heap at once, except that each class with spans of at most `MAX_KEPT_PAGES` pages
 //!   keeps at most one such span (`empty_kept`), unless the page heap is shrinking, so
@@ -114,13 +119,21 @@ impl CentralFreeList {
         }
     }
 
-    /// The fullest span with a free object, or null.
-    fn fullest(&self) -> *mut Span {
-        if self.mask == 0 {
-            return core::ptr::null_mut();
+    /// The fullest span with a free object, or null. Spans found above their fullness on the
+    /// way are moved down to it.
+    fn fullest(&mut self, info: &ClassInfo) -> *mut Span {
+        while self.mask != 0 {
+            let b = 7 - self.mask.leading_zeros() as usize;
+            let s = self.buckets[b].first();
+            // SAFETY: spans in our buckets are valid and owned by this list (lock held).
+            unsafe {
+                if bucket_of((*s).allocated, info) == b {
+                    return s;
+                }
+                self.rebucket(s, info);
+            }
         }
-        let b = 7 - self.mask.leading_zeros() as usize;
-        self.buckets[b].first()
+        core::ptr::null_mut()
     }
 }
 
@@ -133,7 +146,7 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
     let size = info.size as usize;
     let checking = check::checking();
     while chain.count < n {
-        let mut s = list.fullest();
+        let mut s = list.fullest(info);
         if s.is_null() {
             s = page_heap::lock().alloc_small_span(class);
             if s.is_null() {
@@ -194,9 +207,6 @@ pub fn remove_range(class: SizeClass, n: usize) -> Chain {
 pub unsafe fn insert_range(class: SizeClass, head: *mut FreeObject, count: usize) {
     let mut list = CENTRAL[class.index()].lock();
     let info = class.info();
-    // A span's place in the buckets is settled once per run of its objects in the chain
-    // (chains often hold neighbours), not once per object.
-    let mut pending: *mut Span = ptr::null_mut();
     let checking = check::checking();
     let mut obj = head;
     // Objects freed in random order belong to spans all over the heap: the pagemap entry and
@@ -222,14 +232,10 @@ pub unsafe fn insert_range(class: SizeClass, head: *mut FreeObject, count: usize
             // pagemap maps its page to its live small span, which this list owns.
             unsafe {
                 let next = (*obj).next;
-                insert_one(&mut list, class, info, checking, s, obj, &mut pending);
+                insert_one(&mut list, class, info, checking, s, obj);
                 obj = next;
             }
         }
-    }
-    if !pending.is_null() {
-        // SAFETY: `pending` is a valid small span of this class (lock held).
-        unsafe { list.place(pending, info) };
     }
 }
 
@@ -245,8 +251,9 @@ fn prefetch_write(p: *const u8) {
     let _ = p;
 }
 
-/// Links `obj` into its span `s` and settles the previous span's place when the run of
-/// objects from one span ends (`pending`).
+/// Links `obj` into its span `s`. A span that was full joins a bucket; one that becomes
+/// wholly free is placed at once (it may go back to the page heap); any other stays in its
+/// bucket (see the module's invariants).
 ///
 /// # Safety
 /// The list's lock is held; `obj` is a free object of this class in small span `s`.
@@ -258,7 +265,6 @@ unsafe fn insert_one(
     checking: bool,
     s: *mut Span,
     obj: *mut FreeObject,
-    pending: &mut *mut Span,
 ) {
     // SAFETY: guaranteed by the caller.
     unsafe {
@@ -272,14 +278,8 @@ unsafe fn insert_one(
         (*s).free_objects = obj;
         (*s).allocated -= 1;
         list.free_objects += 1;
-        if s != *pending && !pending.is_null() {
-            list.place(*pending, info);
-        }
-        *pending = s;
-        if (*s).allocated == 0 {
-            // It may go back to the page heap: settle it now.
+        if (*s).allocated == 0 || !(*s).in_list {
             list.place(s, info);
-            *pending = ptr::null_mut();
         }
     }
 }
@@ -292,8 +292,8 @@ fn bucket_of(allocated: usize, info: &ClassInfo) -> usize {
 }
 
 impl CentralFreeList {
-    /// Puts span `s`, which just got objects back, where its fullness calls for: a bucket, the
-    /// kept empty slot, or (wholly free) the page heap.
+    /// Puts span `s`, which just got objects back and is wholly free or in no bucket, where its
+    /// fullness calls for: a bucket, the kept empty slot, or (wholly free) the page heap.
     ///
     /// # Safety
     /// The list's lock is held; `s` is a valid small span of the list's class with at least
@@ -473,5 +473,82 @@ pub unsafe fn unlock_all() {
     for l in CENTRAL.iter() {
         // SAFETY: held since lock_all, per the caller's contract.
         unsafe { l.force_unlock() };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::size_class::class_for_size;
+
+    /// The spans of `chain`'s objects, in order of first appearance, with their objects.
+    fn by_span(chain: Chain) -> Vec<(*mut Span, Vec<*mut FreeObject>)> {
+        let mut out: Vec<(*mut Span, Vec<*mut FreeObject>)> = Vec::new();
+        let mut o = chain.head;
+        while !o.is_null() {
+            let s = pagemap::span_of(PageId::containing(o as usize));
+            match out.iter_mut().find(|(x, _)| *x == s) {
+                Some((_, v)) => v.push(o),
+                None => out.push((s, vec![o])),
+            }
+            // SAFETY: the chain links valid free objects.
+            o = unsafe { (*o).next };
+        }
+        out
+    }
+
+    /// Returns `objs` (distinct objects of `class` out of the list) one at a time.
+    fn give_back(class: SizeClass, objs: &[*mut FreeObject]) {
+        for &o in objs {
+            // SAFETY: each object came from remove_range of `class` and is not in use.
+            unsafe {
+                (*o).next = ptr::null_mut();
+                insert_range(class, o, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn allocation_takes_from_the_fullest_span_though_frees_leave_spans_in_place() {
+        // A class no other test of this binary allocates from.
+        let class = class_for_size(3000);
+        let per = class.info().objects_per_span as usize;
+        assert!(per >= 8, "{per}");
+        // Whole spans only: carve exactly four of them out of fresh memory.
+        let chain = remove_range(class, 4 * per);
+        assert_eq!(chain.count, 4 * per);
+        let spans = by_span(chain);
+        let full: Vec<_> = spans.iter().filter(|(_, v)| v.len() == per).collect();
+        assert!(full.len() >= 3, "{} spans", spans.len());
+        let (a, b, c) = (&full[0].1, &full[1].1, &full[2].1);
+        // The fullest span gets its one object back first, so that later frees of emptier
+        // spans leave it behind them in the top bucket.
+        give_back(class, &c[..1]);
+        give_back(class, &b[..per / 2]);
+        give_back(class, &a[..per - 1]);
+        let one = remove_range(class, 1);
+        assert_eq!(one.count, 1);
+        assert_eq!(
+            by_span(one)[0].0,
+            full[2].0,
+            "not taken from the fullest span"
+        );
+        // That span is full again; the next fullest is the half-used one.
+        let two = remove_range(class, 1);
+        assert_eq!(
+            by_span(two)[0].0,
+            full[1].0,
+            "not taken from the next fullest span"
+        );
+        give_back(class, &[one.head, two.head]);
+        for (_, objs) in &spans {
+            let left: Vec<_> = objs
+                .iter()
+                .copied()
+                .filter(|o| !c[..1].contains(o) && !b[..per / 2].contains(o))
+                .filter(|o| !a[..per - 1].contains(o))
+                .collect();
+            give_back(class, &left);
+        }
     }
 }
