@@ -22,6 +22,8 @@ pub static HEAP_LIMIT: AtomicUsize = AtomicUsize::new(0);
 pub static RETAIN_MIN: AtomicUsize = AtomicUsize::new(1 << 20);
 /// Further free resident bytes allowed, in percent of the bytes handed out.
 pub static RETAIN_PERCENT: AtomicUsize = AtomicUsize::new(6);
+/// Bytes all thread caches together aim to stay under (`OXMALLOC_THREAD_CACHE_BYTES`).
+pub static THREAD_CACHE_BYTES: AtomicUsize = AtomicUsize::new(32 << 20);
 
 /// Parses a plain count of milliseconds, at most a day.
 fn parse_millis(s: &[u8]) -> Option<usize> {
@@ -136,6 +138,12 @@ pub fn load() {
         match parse_size(v).filter(|&p| p <= 1000) {
             Some(n) => RETAIN_PERCENT.store(n, Ordering::Relaxed),
             None => malformed("OXMALLOC_RETAIN_PERCENT", "a percentage up to 1000"),
+        }
+    }
+    if let Some(v) = env(c"OXMALLOC_THREAD_CACHE_BYTES") {
+        match parse_size(v) {
+            Some(n) => THREAD_CACHE_BYTES.store(n, Ordering::Relaxed),
+            None => malformed("OXMALLOC_THREAD_CACHE_BYTES", SIZE),
         }
     }
     if let Some(v) = env(c"OXMALLOC_IDLE_CACHE_MS") {

@@ -12,8 +12,9 @@
 //! - At thread exit a pthread key destructor hands every object back (no memory is stranded in
 //!   dead threads) and marks the cache `TORN_DOWN`; later calls on that thread bypass it.
 //! - The hit paths take no lock and use no atomic instruction.
-//! - A cache's budget is its share of `TOTAL_BUDGET` over the live threads, clamped to
-//!   [256 KiB, 4 MiB], and while the page heap is shrinking also capped at 1/8 of the bytes it
+//! - A cache's budget is its share of the total (`config::THREAD_CACHE_BYTES`, 32 MiB unless
+//!   set) over the live threads, clamped to [256 KiB, 4 MiB] (both bounds lowered to the total
+//!   when it is smaller), and while the page heap is shrinking also capped at 1/8 of the bytes it
 //!   hands out; it is re-evaluated on the slow paths, so a thread that frees most of the heap
 //!   trims its own cache as it goes. When the heap starts shrinking, each cache's next slow
 //!   path empties it once and caps every list at `SHRINK_LEN`; while the heap shrinks, a list
@@ -42,8 +43,6 @@ pub const INITIALIZING: u8 = 1;
 pub const ACTIVE: u8 = 2;
 pub const TORN_DOWN: u8 = 3;
 
-/// Total bytes all thread caches together aim to stay under.
-pub const TOTAL_BUDGET: usize = 32 << 20;
 const MIN_PER_THREAD: usize = 256 << 10;
 const MAX_PER_THREAD: usize = 4 << 20;
 /// Longest a list may grow, in objects.
@@ -895,8 +894,9 @@ fn drain_if_requested() {
     }
 }
 
-/// Trims the cache below its budget by releasing half of every list. (`extern "C"`: cannot
-/// unwind, so the hit paths tail-call it.)
+/// Trims the cache below its budget by releasing half of every list, and again while it is
+/// still over (a budget set very small: each later round releases the odd object too, so the
+/// cache can empty). (`extern "C"`: cannot unwind, so the hit paths tail-call it.)
 #[cold]
 #[inline(never)]
 unsafe extern "C" fn scavenge(tc: *mut ThreadCache) {
@@ -904,19 +904,28 @@ unsafe extern "C" fn scavenge(tc: *mut ThreadCache) {
     unsafe {
         let _held = Held::new(tc);
         set_max_size(tc, per_thread_budget());
-        for c in 1..NUM_CLASSES {
-            let class = SizeClass(c as u8);
-            let list = &mut (*tc).lists[c];
-            let mut drop = list.len() / 2;
-            let batch = class.info().batch as usize;
-            while drop > 0 {
-                let n = drop.min(batch);
-                let chain = list.pop_chain(n);
-                (*tc).budget.add(n * class.size());
-                transfer_cache::insert(class, chain);
-                drop -= n;
+        let mut round_up = 0;
+        loop {
+            let mut left = 0;
+            for c in 1..NUM_CLASSES {
+                let class = SizeClass(c as u8);
+                let list = &mut (*tc).lists[c];
+                let mut drop = (list.len() + round_up) / 2;
+                let batch = class.info().batch as usize;
+                while drop > 0 {
+                    let n = drop.min(batch);
+                    let chain = list.pop_chain(n);
+                    (*tc).budget.add(n * class.size());
+                    transfer_cache::insert(class, chain);
+                    drop -= n;
+                }
+                list.max_len = list.max_len.min(list.len().max(1) as u32);
+                left += list.len();
             }
-            list.max_len = list.max_len.min(list.len().max(1) as u32);
+            if left == 0 || !(*tc).over_budget() {
+                break;
+            }
+            round_up = 1;
         }
     }
 }
@@ -1071,11 +1080,12 @@ unsafe fn set_max_size(tc: *mut ThreadCache, max: usize) {
 /// memory (cached objects pin the partly used spans they belong to).
 fn per_thread_budget() -> usize {
     let threads = ACTIVE_THREADS.load(Ordering::Relaxed).max(1);
-    let mut budget = TOTAL_BUDGET / threads;
+    let total = crate::config::THREAD_CACHE_BYTES.load(Ordering::Relaxed);
+    let mut budget = total / threads;
     if crate::page_heap::SHRINKING.load(Ordering::Relaxed) {
         budget = budget.min(crate::page_heap::ACTIVE_BYTES.load(Ordering::Relaxed) / 8);
     }
-    budget.clamp(MIN_PER_THREAD, MAX_PER_THREAD)
+    budget.clamp(MIN_PER_THREAD.min(total), MAX_PER_THREAD.min(total))
 }
 
 fn alloc_uncached(class: SizeClass, size: usize) -> *mut u8 {

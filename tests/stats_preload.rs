@@ -136,3 +136,47 @@ except oxmalloc.NotActiveError as e:
     check(&out, "python module without oxmalloc");
     assert!(String::from_utf8_lossy(&out.stdout).contains("explained"));
 }
+
+/// What the thread caches hold after `cache_budget` freed 60 000 objects, with the budget
+/// variable set to `budget` (or unset). The page heap keeps its free pages (a shrinking heap
+/// caps the caches by itself).
+fn cached_after_free(budget: Option<&str>) -> (usize, String) {
+    let exe = compile(&root().join("tests/c_stats/cache_budget.c"));
+    let mut cmd = Command::new(&exe);
+    cmd.env("LD_PRELOAD", library())
+        .env("OXMALLOC_RETAIN_MIN", "1G");
+    if let Some(b) = budget {
+        cmd.env("OXMALLOC_THREAD_CACHE_BYTES", b);
+    }
+    let out = cmd.output().unwrap();
+    check(&out, "cache_budget");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let n = stdout
+        .trim()
+        .strip_prefix("thread_cache_bytes=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected output: {stdout}"));
+    (n, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn thread_cache_budget_is_set_from_the_environment() {
+    let (default, _) = cached_after_free(None);
+    assert!(
+        default > 1 << 20,
+        "default budget: only {default} bytes cached"
+    );
+    for (budget, bytes) in [("1M", 1usize << 20), ("64K", 64 << 10), ("0", 0)] {
+        let (cached, _) = cached_after_free(Some(budget));
+        assert!(cached <= bytes, "budget {budget}: {cached} bytes cached");
+    }
+    let (bad, stderr) = cached_after_free(Some("lots"));
+    assert!(
+        stderr.contains("ignoring malformed OXMALLOC_THREAD_CACHE_BYTES"),
+        "{stderr}"
+    );
+    assert!(
+        bad > 1 << 20,
+        "a malformed value changed the budget: {bad} bytes cached"
+    );
+}
