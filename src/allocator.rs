@@ -70,7 +70,7 @@ fn global_init_slow() -> bool {
 /// Takes every allocator lock, in the order the code nests them (a reclaim pass holds `PASS`
 /// and the registry while it drains caches into the layers below).
 extern "C" fn fork_prepare() {
-    let me = thread_cache::current_cache();
+    let me = thread_cache::current();
     crate::reclaim::PASS.raw_lock();
     // Under PASS: a concurrent fork (where libc does not serialise them) cannot overwrite it.
     thread_cache::note_forking_thread(me);

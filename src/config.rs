@@ -30,7 +30,7 @@ fn parse_millis(s: &[u8]) -> Option<usize> {
     if s.is_empty() || s.len() > 9 || !s.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let n = s.iter().fold(0usize, |n, &d| n * 10 + (d - b'0') as usize);
+    let n = crate::os::leading_decimal(s);
     (n <= 86_400_000).then_some(n)
 }
 

@@ -164,6 +164,16 @@ pub fn read_small_file(path: &core::ffi::CStr, buf: &mut [u8]) -> usize {
     total
 }
 
+/// The decimal number at the start of `s` (0 if `s` starts with no digit), as the numbers in
+/// `/proc` files read.
+pub fn leading_decimal(s: &[u8]) -> usize {
+    s.iter()
+        .take_while(|b| b.is_ascii_digit())
+        .fold(0usize, |n, &d| {
+            n.wrapping_mul(10).wrapping_add((d - b'0') as usize)
+        })
+}
+
 /// This thread's errno.
 #[inline]
 pub fn errno() -> i32 {

@@ -129,12 +129,9 @@ fn proc_is_ours() -> bool {
     }
     let mut buf = [0u8; 32];
     let n = crate::os::read_small_file(c"/proc/self/stat", &mut buf);
-    let pid = buf[..n]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .fold(0i64, |v, &d| v * 10 + (d - b'0') as i64);
+    let pid = crate::os::leading_decimal(&buf[..n]);
     // SAFETY: getpid has no preconditions.
-    let ours = n > 0 && pid == unsafe { libc::getpid() } as i64;
+    let ours = n > 0 && pid == unsafe { libc::getpid() } as usize;
     KNOWN.store(if ours { 1 } else { 2 }, Ordering::Relaxed);
     ours
 }
@@ -142,7 +139,7 @@ fn proc_is_ours() -> bool {
 /// The pass itself, under `PASS`.
 fn run_locked(why: Why) -> usize {
     let epoch = crate::page_heap::SHRINK_EPOCH.load(Ordering::Relaxed);
-    let me = thread_cache::current_cache();
+    let me = thread_cache::current();
     let mut bytes = 0;
     let mut routed = false;
     crate::stats::for_each_cache(|tc| {

@@ -242,9 +242,11 @@ fn thread_pointer() -> usize {
     }
 }
 
-/// This thread's cache, found through `thread_local!` (for slow paths, whatever `ROUTE`).
+/// This thread's cache, found through `thread_local!` (for slow paths, whatever `ROUTE`; for a
+/// reclaim pass to skip; for `fork` preparation, which must find it before it takes any lock:
+/// finding it may run the dynamic loader's TLS set-up, which may allocate).
 #[inline(always)]
-fn current() -> *mut ThreadCache {
+pub(crate) fn current() -> *mut ThreadCache {
     CACHE.with(|c| c.get())
 }
 
@@ -390,12 +392,7 @@ impl Held {
     unsafe fn new(tc: *mut ThreadCache) -> Held {
         // SAFETY: `tc` is this thread's cache (caller's contract).
         let guard = unsafe { &(*tc).guard };
-        let v = guard.load(Ordering::Relaxed);
-        if v & STOLEN != 0
-            || guard
-                .compare_exchange(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-        {
+        if !Self::try_enter(guard) {
             Self::wait(guard);
         }
         // SAFETY: as above; only the owner writes `slow_ops`.
@@ -403,16 +400,21 @@ impl Held {
         Held(tc)
     }
 
+    /// One more level of the owner's hold, unless another thread holds the cache.
+    #[inline]
+    fn try_enter(guard: &AtomicU32) -> bool {
+        let v = guard.load(Ordering::Relaxed);
+        v & STOLEN == 0
+            && guard
+                .compare_exchange(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+    }
+
     #[cold]
     fn wait(guard: &AtomicU32) {
         let backoff = crossbeam_utils::Backoff::new();
         loop {
-            let v = guard.load(Ordering::Relaxed);
-            if v & STOLEN == 0
-                && guard
-                    .compare_exchange(v, v + 1, Ordering::Acquire, Ordering::Relaxed)
-                    .is_ok()
-            {
+            if Self::try_enter(guard) {
                 return;
             }
             if backoff.is_completed() {
@@ -805,10 +807,8 @@ unsafe fn free_held(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
             // The heap is giving memory back, and cached objects pin the partly used spans
             // they belong to: the whole list goes, and it stays short until the heap grows.
             let n = list.len();
-            let chain = list.pop_chain(n);
-            (*tc).budget.add(n * class.size());
             list.max_len = list.max_len.min(SHRINK_LEN);
-            transfer_cache::insert(class, chain);
+            release_head(tc, class, n, n);
             return drain_if_requested();
         }
         if list.max_len < batch {
@@ -825,9 +825,7 @@ unsafe fn free_held(tc: *mut ThreadCache, p: *mut u8, class: SizeClass) {
             }
         }
         let n = list.len().min(batch as usize);
-        let chain = list.pop_chain(n);
-        (*tc).budget.add(n * class.size());
-        transfer_cache::insert(class, chain);
+        release_head(tc, class, n, n);
         // The heap may have shrunk since the budget was set: follow it.
         set_max_size(tc, per_thread_budget());
         if (*tc).over_budget() {
@@ -909,16 +907,9 @@ unsafe extern "C" fn scavenge(tc: *mut ThreadCache) {
             let mut left = 0;
             for c in 1..NUM_CLASSES {
                 let class = SizeClass(c as u8);
+                let half = ((*tc).lists[c].len() + round_up) / 2;
+                release_head(tc, class, half, class.info().batch as usize);
                 let list = &mut (*tc).lists[c];
-                let mut drop = (list.len() + round_up) / 2;
-                let batch = class.info().batch as usize;
-                while drop > 0 {
-                    let n = drop.min(batch);
-                    let chain = list.pop_chain(n);
-                    (*tc).budget.add(n * class.size());
-                    transfer_cache::insert(class, chain);
-                    drop -= n;
-                }
                 list.max_len = list.max_len.min(list.len().max(1) as u32);
                 left += list.len();
             }
@@ -940,25 +931,37 @@ pub unsafe fn drain(tc: *mut ThreadCache) -> usize {
     unsafe {
         for c in 1..NUM_CLASSES {
             let class = SizeClass(c as u8);
-            let batch = class.info().batch as usize;
-            let list = &mut (*tc).lists[c];
-            while !list.is_empty() {
-                let n = list.len().min(batch);
-                let chain = list.pop_chain(n);
-                transfer_cache::insert(class, chain);
-                bytes += n * class.size();
-            }
+            bytes += release_head(tc, class, (*tc).lists[c].len(), class.info().batch as usize);
         }
-        (*tc).budget.set((*tc).max_size.get());
     }
     bytes
 }
 
-/// The calling thread's cache (for a reclaim pass to skip, and for `fork` preparation, which
-/// must find it before it takes any lock: finding it may run the dynamic loader's TLS set-up,
-/// which may allocate).
-pub(crate) fn current_cache() -> *mut ThreadCache {
-    current()
+/// Moves the first `n` objects of `class`'s list to the transfer caches, in chains of at most
+/// `per_chain` objects, and credits them to the budget. Returns the bytes moved.
+///
+/// # Safety
+/// `tc` is a cache the caller has to itself, whose `class` list holds at least `n` objects;
+/// `per_chain` is at least 1.
+unsafe fn release_head(
+    tc: *mut ThreadCache,
+    class: SizeClass,
+    n: usize,
+    per_chain: usize,
+) -> usize {
+    // SAFETY: caller's contract.
+    unsafe {
+        let list = &mut (*tc).lists[class.index()];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(per_chain);
+            let chain = list.pop_chain(k);
+            (*tc).budget.add(k * class.size());
+            transfer_cache::insert(class, chain);
+            left -= k;
+        }
+    }
+    n * class.size()
 }
 
 /// Allocations and frees `tc`'s owner made through its cache, read without its guard (a hint

@@ -432,32 +432,11 @@ pub fn snapshot() -> Stats {
 /// The process's resident set size in bytes, read from /proc/self/statm without allocating.
 pub fn rss_bytes() -> usize {
     let mut buf = [0u8; 128];
-    // SAFETY: a NUL-terminated path; the fd is closed below.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/statm".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return 0;
-    }
-    // SAFETY: `buf` is a valid writable buffer of its length.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len()) };
-    // SAFETY: `fd` is ours.
-    unsafe { libc::close(fd) };
-    if n <= 0 {
-        return 0;
-    }
-    // Fields: size resident shared ...; we want the second.
-    let mut fields = buf[..n as usize].split(|&b| b == b' ');
+    let n = crate::os::read_small_file(c"/proc/self/statm", &mut buf);
+    // Fields (none if the file could not be read): size resident shared ...; we want the second.
+    let mut fields = buf[..n].split(|&b| b == b' ');
     let _ = fields.next();
-    let resident = fields
-        .next()
-        .unwrap_or(&[])
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .fold(0usize, |a, &b| a * 10 + (b - b'0') as usize);
+    let resident = crate::os::leading_decimal(fields.next().unwrap_or(&[]));
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     resident * if page > 0 { page as usize } else { 4096 }
