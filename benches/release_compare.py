@@ -9,10 +9,16 @@ Runs, as fresh processes under each allocator (interleaved, --runs times, median
   * Python (PYTHONMALLOC=malloc): 3M small objects + 160 MiB of bytearrays, del, gc.collect()
 Each program reports its own RSS before the fill, at the peak and after the free (from
 /proc/self/statm); wall time is measured around the process, CPU time (user + system) from the
-children's resource usage.
+children's resource usage. The last column is the median, over the rounds, of each run's CPU
+time divided by oxmalloc's in the same round: on a machine whose speed drifts, a steadier
+comparison than the ratio of the medians.
 
-usage: python3 benches/release_compare.py [--runs N] [--ox PATH] [--alloc NAME=PATH ...]
+usage: python3 benches/release_compare.py [--runs N] [--ox PATH]
+                                         [--alloc NAME=PATH[,VAR=VALUE...] ...]
                                          [--no-peers] [--c-only]
+--alloc adds a library (PATH) under NAME, with environment variables set for its runs only; for
+example `--alloc policy-off=target/release/liboxmalloc.so,OXMALLOC_RETAIN_MIN=4G` runs oxmalloc
+with its release policy off.
 """
 import argparse
 import os
@@ -45,7 +51,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--ox", default=os.path.join(ROOT, "target/release/liboxmalloc.so"))
-    ap.add_argument("--alloc", action="append", default=[], metavar="NAME=PATH")
+    ap.add_argument("--alloc", action="append", default=[], metavar="NAME=PATH[,VAR=VALUE...]")
     ap.add_argument("--no-peers", action="store_true",
                     help="only oxmalloc and the --alloc libraries (no glibc, no peers)")
     ap.add_argument("--c-only", action="store_true", help="skip the Python workload")
@@ -56,12 +62,15 @@ def main():
                     os.path.join(ROOT, "tests/c_release/fill_free.c")], check=True)
     python = subprocess.run([sys.executable, "-c", "import sys; print(sys.executable)"],
                             capture_output=True, text=True).stdout.strip()
-    allocs = [("oxmalloc", args.ox)]
+    allocs = [("oxmalloc", args.ox, {})]
     if not args.no_peers:
-        allocs.insert(0, ("glibc", None))
-        allocs += [(n, os.path.join(LIBDIR, f)) for n, f in PEERS
+        allocs.insert(0, ("glibc", None, {}))
+        allocs += [(n, os.path.join(LIBDIR, f), {}) for n, f in PEERS
                    if os.path.exists(os.path.join(LIBDIR, f))]
-    allocs += [tuple(a.split("=", 1)) for a in args.alloc]
+    for a in args.alloc:
+        name, spec = a.split("=", 1)
+        path, *envs = spec.split(",")
+        allocs.append((name, path, dict(e.split("=", 1) for e in envs)))
     workloads = [
         ("fill/free 1 GiB, same thread", [exe, "same", "1024", "64"], {}),
         ("fill/free 1 GiB, cross-thread", [exe, "cross", "1024", "64"], {}),
@@ -74,8 +83,8 @@ def main():
     for r in range(args.runs):
         for w, cmd, extra in workloads:
             order = allocs[r % len(allocs):] + allocs[:r % len(allocs)]
-            for name, lib in order:
-                env = dict(os.environ, **extra)
+            for name, lib, own_env in order:
+                env = dict(os.environ, **extra, **own_env)
                 env.pop("LD_PRELOAD", None)
                 if lib:
                     env["LD_PRELOAD"] = lib
@@ -90,23 +99,27 @@ def main():
                     print(f"{name} failed on {w}: {out.stderr[-300:]}", file=sys.stderr)
                     continue
                 before, peak, after = map(int, out.stdout.split()[:3])
-                results.setdefault((w, name), []).append((before, peak, after, wall, cpu))
+                results.setdefault((w, name), []).append((before, peak, after, wall, cpu, r))
             print(f"run {r + 1}/{args.runs}: {w} done", file=sys.stderr)
-    names = [n for n, _ in allocs]
+    names = [n for n, _, _ in allocs]
     print(f"Command: `python3 {' '.join(sys.argv)}`; "
           f"medians of {args.runs} interleaved runs; RSS in MiB.\n")
     for w, _, _ in workloads:
         print(f"**{w}**\n")
-        print("| allocator | RSS before | peak RSS | RSS after free | wall s | CPU s |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| allocator | RSS before | peak RSS | RSS after free | wall s | CPU s "
+              "| CPU / oxmalloc |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        ox_cpu = {x[5]: x[4] for x in results.get((w, "oxmalloc"), [])}
         for n in names:
             rs = results.get((w, n))
             if not rs:
-                print(f"| {n} | failed | | | | |")
+                print(f"| {n} | failed | | | | | |")
                 continue
             med = [statistics.median(x[i] for x in rs) for i in range(5)]
+            ratios = [x[4] / ox_cpu[x[5]] for x in rs if ox_cpu.get(x[5])]
+            ratio = f"{statistics.median(ratios):.3f}" if ratios else ""
             print(f"| {n} | {med[0] / 1024:.1f} | {med[1] / 1024:.1f} | {med[2] / 1024:.1f} "
-                  f"| {med[3]:.2f} | {med[4]:.2f} |")
+                  f"| {med[3]:.2f} | {med[4]:.2f} | {ratio} |")
         afters = {n: statistics.median(x[2] for x in results[(w, n)]) for n in names if (w, n) in results}
         others = {"glibc"} | {n for n, _ in PEERS}
         peers = [v for n, v in afters.items() if n in others]
