@@ -97,7 +97,8 @@ pub struct PageHeapStats {
 // SAFETY: the raw pointers are only touched under the page heap lock.
 unsafe impl Send for PageHeap {}
 
-pub static PAGE_HEAP: SpinLock<PageHeap> = SpinLock::new(PageHeap::new());
+/// Its holders may be in `mmap` or `madvise`: waiters sleep rather than spin.
+pub static PAGE_HEAP: SpinLock<PageHeap, true> = SpinLock::new(PageHeap::new());
 
 /// Bytes in spans handed out (small spans and large blocks), published for lock-free readers
 /// that size caches to the heap.
@@ -862,6 +863,6 @@ impl ReleaseBatch {
 
 /// Locks the page heap.
 #[inline]
-pub fn lock() -> crate::sync::SpinGuard<'static, PageHeap> {
+pub fn lock() -> crate::sync::SpinGuard<'static, PageHeap, true> {
     PAGE_HEAP.lock()
 }
