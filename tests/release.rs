@@ -3,22 +3,16 @@
 
 mod common;
 
-use common::{check, library, python, root};
+use common::{check, compile_with, library, python, root};
 use std::path::PathBuf;
 use std::process::Command;
 
 fn fill_free() -> PathBuf {
-    let dir = root().join("target/ctests-stats");
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join("fill_free");
-    let out = Command::new("cc")
-        .args(["-O2", "-pthread", "-o"])
-        .arg(&exe)
-        .arg(root().join("tests/c_release/fill_free.c"))
-        .output()
-        .expect("cc runs");
-    check(&out, "compiling fill_free");
-    exe
+    compile_with(
+        &root().join("tests/c_release/fill_free.c"),
+        &["-O2", "-pthread"],
+        &[],
+    )
 }
 
 /// Runs fill_free and returns (rss before the fill, at the peak, after freeing), in KiB.

@@ -51,18 +51,34 @@ pub fn check(out: &Output, what: &str) {
     );
 }
 
-/// Compiles a C test program into target/ctests-stats/.
+/// Compiles a C test program into target/ctests-stats/, once per test process. The program is
+/// written under a name of its own and renamed into place: a test compiling over a program
+/// another test (or test process) is starting would make that `exec` fail with "Text file busy".
 pub fn compile(src: &Path) -> PathBuf {
+    compile_with(src, &["-O1", "-g"], &["-ldl"])
+}
+
+/// [`compile`] with the compiler's flags before the source and the libraries after it.
+pub fn compile_with(src: &Path, flags: &[&str], libs: &[&str]) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     let dir = root().join("target/ctests-stats");
-    std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join(src.file_stem().unwrap());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if built.contains(&exe) {
+        return exe;
+    }
+    std::fs::create_dir_all(&dir).unwrap();
+    let fresh = exe.with_extension(format!("{}.tmp", std::process::id()));
     let out = Command::new("cc")
-        .args(["-O1", "-g", "-o"])
-        .arg(&exe)
+        .args(flags)
+        .arg("-o")
+        .arg(&fresh)
         .arg(src)
-        .arg("-ldl")
+        .args(libs)
         .output()
         .expect("cc runs");
     check(&out, "compiling");
+    std::fs::rename(&fresh, &exe).unwrap();
+    built.push(exe.clone());
     exe
 }
