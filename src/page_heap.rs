@@ -4,21 +4,23 @@
 //! - Every free span is in exactly one free list: by exact length for lengths up to
 //!   [`MAX_LISTED`] pages, or the "long" list beyond; separate lists for resident (`Free`) and
 //!   released (`Returned`) spans. `free_pages` / `returned_pages` count the pages in them.
-//! - No two free spans of the same state are adjacent: freeing coalesces with neighbours of the
-//!   same state (found through the pagemap). Spans of different states are kept apart so that a
-//!   `Returned` span is always entirely non-resident and entirely zero.
+//! - No two listed free spans of the same state are adjacent: freeing coalesces with listed
+//!   neighbours of the same state (found through the pagemap). Spans of different states are
+//!   kept apart so that a `Returned` span is always entirely non-resident and entirely zero.
 //! - The pagemap maps both ends of every free and large span, and every page of a small span
 //!   (see `pagemap`). Interior pages of free and large spans map to null.
-//! - `mapped_bytes` = pages in free lists + pages in small spans + pages in large spans, in bytes.
+//! - `mapped_bytes` = pages in free lists and the release queue + pages in small spans + pages
+//!   in large spans, in bytes.
 //! - With a heap limit set, `small_span_pages + large_pages` (the pages handed out) never
 //!   exceeds it: `take` refuses first, recording the reason for the failure report.
-//! - After every free into the page heap, resident free pages are at most
-//!   `RETAIN_MIN + RETAIN_PERCENT%` of the pages handed out (see `enforce_retention`); the
-//!   longest runs are released first.
-//! - A release takes resident runs out of the lists into a `ReleaseBatch`, releases the whole
-//!   batch with one system call, and puts every span back before the lock is dropped:
-//!   `Returned` if the release succeeded, `Free` otherwise. Nothing outside the lock ever sees a
-//!   span in a batch.
+//! - After every free into the page heap, the listed resident free pages are at most the
+//!   allowance, `RETAIN_MIN + RETAIN_PERCENT%` of the pages handed out plus a learned boost (see
+//!   `free_run`); past it, the longest runs go first.
+//! - Runs on their way to the OS wait in the release queue: out of every list, state `Free`,
+//!   both ends mapped, counted in `free_pages` and `queued_pages`. The queue never holds more
+//!   than `RELEASE_BATCH` runs or `QUEUE_MAX_BYTES` for longer than the push that filled it,
+//!   which releases it with one system call; it is also released before the heap grows and on
+//!   an explicit release. Released runs are listed `Returned` (`Free` if the release failed).
 //! - A free span's record is moved to the lowest free slot of the metadata arena, if that lies
 //!   before it, whenever the span enters a free list (see `compact`): free spans outlive the
 //!   in-use spans around them, and their records then stay at the start of the arena, whose
@@ -53,6 +55,9 @@ const GROW_MIN_BYTES: usize = 32 << 20;
 const GROW_ALIGN: usize = 2 << 20;
 /// Ranges released by one system call (at most the kernel's `UIO_MAXIOV`, 1024).
 const RELEASE_BATCH: usize = 128;
+/// Runs queued for release go to the OS once they hold this many bytes (or `RELEASE_BATCH`
+/// runs), so what the queue keeps resident stays small.
+const QUEUE_MAX_BYTES: usize = 1 << 20;
 
 pub struct PageHeap {
     free: [SpanList; MAX_LISTED + 1],
@@ -64,10 +69,14 @@ pub struct PageHeap {
     returned_mask: [u64; 3],
     /// Span records.
     records: metadata::RecordArena,
+    /// Free runs on their way to the OS, in no list (see `queue`); counted in
+    /// `stats.free_pages` as `queued_pages`.
+    queue: ReleaseBatch,
+    queued_pages: usize,
     /// Bytes released by the retention policy that have not been taken back yet.
     released_recently: usize,
     /// Extra bytes the retention policy lets stay resident because the program took released
-    /// pages back soon after they were released (see `enforce_retention`).
+    /// pages back soon after they were released (see `allowance`).
     retain_boost: usize,
     /// Whether released pages were taken back since the last release.
     regretted: bool,
@@ -125,6 +134,8 @@ impl PageHeap {
             free_mask: [0; 3],
             returned_mask: [0; 3],
             records: metadata::RecordArena::new(),
+            queue: ReleaseBatch::new(),
+            queued_pages: 0,
             released_recently: 0,
             retain_boost: 0,
             regretted: false,
@@ -246,6 +257,20 @@ impl PageHeap {
     /// # Safety
     /// `s` is a valid free span, not in a list, whose pages no pagemap entry maps to another span.
     unsafe fn merge_and_insert(&mut self, s: *mut Span) {
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let s = self.merge(s);
+            let s = self.compact(s);
+            self.insert_free(s);
+        }
+    }
+
+    /// Coalesces free span `s` (not in a list) with the listed free neighbours of its state and
+    /// returns the result, in no list.
+    ///
+    /// # Safety
+    /// As for [`Self::merge_and_insert`].
+    unsafe fn merge(&mut self, s: *mut Span) -> *mut Span {
         // SAFETY: `s` is valid; neighbours found through the pagemap are valid records because
         // the pagemap only maps live spans (writes happen under this lock, which we hold).
         unsafe {
@@ -273,8 +298,7 @@ impl PageHeap {
                 (*s).len = Length((*s).len.0 + (*next).len.0);
                 self.free_record(next);
             }
-            let s = self.compact(s);
-            self.insert_free(s);
+            s
         }
     }
 
@@ -395,6 +419,11 @@ impl PageHeap {
             }
         }
         let mut s = self.find(n);
+        if s.is_null() && self.queue.n > 0 {
+            // The queued runs may be what is needed: list them (released) before growing.
+            self.release_queue(true);
+            s = self.find(n);
+        }
         if s.is_null() {
             if !self.grow(n) {
                 hooks::LAST_FAILURE.store(hooks::REASON_OS as u8, Ordering::Relaxed);
@@ -437,10 +466,8 @@ impl PageHeap {
         ACTIVE_BYTES.store(active * PAGE_SIZE, Ordering::Relaxed);
     }
 
-    /// The release policy: free resident pages may total at most
-    /// `RETAIN_MIN + RETAIN_PERCENT% of the bytes handed out + boost`. Past that, the longest
-    /// free resident runs are released until a quarter of that allowance is left, so a program that
-    /// frees and reallocates around the threshold does not pay a madvise per free.
+    /// The release policy's allowance: free resident pages may total at most
+    /// `RETAIN_MIN + RETAIN_PERCENT% of the bytes handed out + boost`.
     ///
     /// The boost learns from the program: when `take` has to hand out pages this policy released
     /// and that were not taken back yet (a program that frees a batch and allocates it again),
@@ -450,32 +477,135 @@ impl PageHeap {
     /// never counts for more than half of the bytes handed out (or 32 MiB, whichever is more),
     /// so one that freed most of a big heap gets its memory back even after it reused memory
     /// before.
-    fn enforce_retention(&mut self) {
+    fn allowance(&self) -> usize {
         let active = (self.stats.small_span_pages + self.stats.large_pages) * PAGE_SIZE;
-        let allowance = crate::config::RETAIN_MIN
+        crate::config::RETAIN_MIN
             .load(Ordering::Relaxed)
             .saturating_add(active / 100 * crate::config::RETAIN_PERCENT.load(Ordering::Relaxed))
             // The boost never keeps more free than half of what is handed out (or
             // `RETAIN_BOOST_FLOOR`): a program that freed most of a big heap gets its memory
             // back, whatever it reused before.
-            .saturating_add(self.retain_boost.min((active / 2).max(RETAIN_BOOST_FLOOR)));
-        if self.stats.free_pages * PAGE_SIZE <= allowance {
+            .saturating_add(self.retain_boost.min((active / 2).max(RETAIN_BOOST_FLOOR)))
+    }
+
+    /// Resident free bytes in the free lists (runs queued for release not counted).
+    fn listed_free_bytes(&self) -> usize {
+        (self.stats.free_pages - self.queued_pages) * PAGE_SIZE
+    }
+
+    /// Frees run `s` (state `Free`, in no list, its pagemap entries cleared): coalesces it with
+    /// its resident free neighbours, then lists it, unless the heap is shrinking or listing it
+    /// would take the free resident pages past the allowance: then it is queued for release at
+    /// once, and past the allowance the longest listed runs follow it until a quarter of the
+    /// allowance is left, so a program that frees and reallocates around the threshold does not
+    /// release at every free.
+    ///
+    /// # Safety
+    /// As for [`Self::merge_and_insert`], with `s` in state `Free`.
+    unsafe fn free_run(&mut self, s: *mut Span) {
+        let allowance = self.allowance();
+        // SAFETY: guaranteed by the caller.
+        let s = unsafe { self.merge(s) };
+        // SAFETY: `s` is a valid record.
+        let over = self.listed_free_bytes() + unsafe { (*s).len.bytes() } > allowance;
+        if !over && !SHRINKING.load(Ordering::Relaxed) {
+            // SAFETY: `s` is a free span in no list, no pagemap entry points at it.
+            unsafe {
+                let s = self.compact(s);
+                self.insert_free(s);
+            }
             return;
+        }
+        // A run freed while the heap shrinks goes out without being listed: listing it only to
+        // take it out again costs two more visits to records that are not in the cache.
+        // SAFETY: as above.
+        unsafe {
+            pagemap::set_ends(s);
+            if self.queue(s, true).is_none() || !over {
+                return;
+            }
         }
         if !self.regretted {
             // Nothing released last time was needed again: let the boost fade.
             self.retain_boost /= 2;
         }
         self.regretted = false;
-        let target = allowance / 4;
         if !SHRINKING.swap(true, Ordering::Relaxed) {
             SHRINK_EPOCH.fetch_add(1, Ordering::Relaxed);
         }
         DRAIN_REQUESTED.store(true, Ordering::Relaxed);
-        let released = self.release_while(|h| h.stats.free_pages * PAGE_SIZE > target);
-        self.released_recently += released;
         // Idle threads' caches pin partly used spans: have the next slow path look at them.
         crate::reclaim::REQUESTED.store(true, Ordering::Relaxed);
+        let target = allowance / 4;
+        while self.listed_free_bytes() > target {
+            let s = self.longest_resident();
+            if s.is_null() {
+                break;
+            }
+            // SAFETY: `s` is a valid free span in its list.
+            unsafe {
+                self.remove_free(s);
+                if self.queue(s, true).is_none() {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Queues resident free run `s` (in no list, its ends mapped) for release, and releases the
+    /// queue if it is full. Returns the bytes that released, or `None` if the release failed.
+    ///
+    /// # Safety
+    /// `s` is a valid `Free` span in no list.
+    unsafe fn queue(&mut self, s: *mut Span, by_policy: bool) -> Option<usize> {
+        // SAFETY: guaranteed by the caller.
+        let len = unsafe { (*s).len.0 };
+        self.stats.free_pages += len;
+        self.queued_pages += len;
+        // SAFETY: as above; the queue is never left full.
+        unsafe { self.queue.push(s) };
+        if self.queue.is_full() || self.queue.bytes >= QUEUE_MAX_BYTES {
+            return self.release_queue(by_policy);
+        }
+        Some(0)
+    }
+
+    /// Releases the queued runs (one system call where the kernel allows it) and lists them as
+    /// `Returned`; if the release fails, they are listed as `Free`. Returns the bytes released,
+    /// or `None` if the release failed. A release `by_policy` is one the program may regret
+    /// (see `allowance`).
+    fn release_queue(&mut self, by_policy: bool) -> Option<usize> {
+        let n = self.queue.n;
+        if n == 0 {
+            return Some(0);
+        }
+        let ok = os::release_ranges(&self.queue.ranges[..n]);
+        for i in 0..n {
+            let s = self.queue.spans[i];
+            // SAFETY: queued spans are valid `Free` spans out of every list, their pages free
+            // (released now if `ok`).
+            unsafe {
+                let len = (*s).len.0;
+                self.stats.free_pages -= len;
+                self.queued_pages -= len;
+                if ok {
+                    (*s).state = SpanState::Returned;
+                }
+                let s = self.merge(s);
+                self.insert_free(s);
+            }
+        }
+        let bytes = self.queue.bytes;
+        self.queue.n = 0;
+        self.queue.bytes = 0;
+        if !ok {
+            return None;
+        }
+        self.stats.released_bytes_total += bytes;
+        if by_policy {
+            self.released_recently += bytes;
+        }
+        Some(bytes)
     }
 
     /// Checks the free-list invariants: every free span is in the list its length and state
@@ -652,10 +782,9 @@ impl PageHeap {
             (*s).state = SpanState::Free;
             (*s).free_objects = ptr::null_mut();
             (*s).allocated = 0;
-            self.merge_and_insert(s);
+            self.free_run(s);
         }
         self.note_active();
-        self.enforce_retention();
     }
 
     /// Shrinks large span `s` to `n` pages in place, freeing the tail.
@@ -677,10 +806,9 @@ impl PageHeap {
             pagemap::set((*s).last_page(), s, SizeClass::LARGE);
             self.stats.large_pages -= (*r).len.0;
             (*r).state = SpanState::Free;
-            self.merge_and_insert(r);
+            self.free_run(r);
         }
         self.note_active();
-        self.enforce_retention();
     }
 
     /// Grows large span `s` to `n` pages in place if the pages after it are free.
@@ -745,6 +873,13 @@ impl PageHeap {
                 longest = len;
             }
         }
+        // Runs queued for release are still resident.
+        for &s in &self.queue.spans[..self.queue.n] {
+            // SAFETY: queued spans are valid records.
+            let len = unsafe { (*s).len.0 };
+            longest = longest.max(len);
+            resident[run_bucket(len, resident.len())] += 1;
+        }
         for (list, hist) in [
             (&self.long_free, &mut *resident),
             (&self.long_returned, &mut *released),
@@ -754,9 +889,7 @@ impl PageHeap {
                 // SAFETY: spans in our lists are valid.
                 let len = unsafe { (*s).len.0 };
                 longest = longest.max(len);
-                let k = (usize::BITS - ((len - 1) / MAX_LISTED).leading_zeros()) as usize;
-                let i = (MAX_LISTED + k).min(hist.len() - 1);
-                hist[i] += 1;
+                hist[run_bucket(len, hist.len())] += 1;
                 // SAFETY: as above.
                 s = unsafe { (*s).next };
             }
@@ -764,17 +897,13 @@ impl PageHeap {
         longest
     }
 
-    /// Releases every resident free span to the OS. Returns the bytes released.
+    /// Releases every resident free span to the OS (the queued ones first). Returns the bytes
+    /// released; stops at the first release the kernel refuses.
     pub fn release_all(&mut self) -> usize {
-        self.release_while(|_| true)
-    }
-
-    /// Releases the longest resident free runs, in batches, while `more` says so and any are
-    /// left. Stops at the first batch the kernel refuses. Returns the bytes released.
-    fn release_while(&mut self, more: impl Fn(&Self) -> bool) -> usize {
-        let mut batch = ReleaseBatch::new();
-        let mut released = 0;
-        while more(self) {
+        let Some(mut released) = self.release_queue(true) else {
+            return 0;
+        };
+        loop {
             let s = self.longest_resident();
             if s.is_null() {
                 break;
@@ -782,52 +911,38 @@ impl PageHeap {
             // SAFETY: `s` is a valid free span in its list.
             unsafe {
                 self.remove_free(s);
-                batch.push(s);
-            }
-            if batch.is_full() {
-                match self.flush(&mut batch) {
+                match self.queue(s, false) {
                     Some(b) => released += b,
                     None => return released,
                 }
             }
         }
-        released + self.flush(&mut batch).unwrap_or(0)
-    }
-
-    /// Releases the spans in `batch` (one system call where the kernel allows it) and returns
-    /// them to the free lists as `Returned`; on failure they return as `Free`. Returns the
-    /// bytes released, or `None` if the release failed.
-    fn flush(&mut self, batch: &mut ReleaseBatch) -> Option<usize> {
-        let ok = os::release_ranges(&batch.ranges[..batch.n]);
-        for &s in &batch.spans[..batch.n] {
-            // SAFETY: spans in a batch are valid `Free` spans out of every list, their pages
-            // free (released now if `ok`).
-            unsafe {
-                if ok {
-                    (*s).state = SpanState::Returned;
-                }
-                self.merge_and_insert(s);
-            }
-        }
-        let bytes = batch.bytes();
-        batch.n = 0;
-        if !ok {
-            return None;
-        }
-        self.stats.released_bytes_total += bytes;
-        Some(bytes)
+        released + self.release_queue(false).unwrap_or(0)
     }
 }
 
-/// Resident free spans taken out of the free lists to be released together.
+/// The bucket of `free_runs`' histograms (of `buckets` entries, at least one) for a run of
+/// `len` pages.
+fn run_bucket(len: usize, buckets: usize) -> usize {
+    let i = if len <= MAX_LISTED {
+        len
+    } else {
+        MAX_LISTED + (usize::BITS - ((len - 1) / MAX_LISTED).leading_zeros()) as usize
+    };
+    i.min(buckets - 1)
+}
+
+/// Resident free spans out of the free lists, to be released together.
 struct ReleaseBatch {
     spans: [*mut Span; RELEASE_BATCH],
     ranges: [libc::iovec; RELEASE_BATCH],
     n: usize,
+    /// Bytes in the batch.
+    bytes: usize,
 }
 
 impl ReleaseBatch {
-    fn new() -> Self {
+    const fn new() -> Self {
         ReleaseBatch {
             spans: [ptr::null_mut(); RELEASE_BATCH],
             ranges: [libc::iovec {
@@ -835,16 +950,12 @@ impl ReleaseBatch {
                 iov_len: 0,
             }; RELEASE_BATCH],
             n: 0,
+            bytes: 0,
         }
     }
 
     fn is_full(&self) -> bool {
         self.n == RELEASE_BATCH
-    }
-
-    /// Bytes in the batch.
-    fn bytes(&self) -> usize {
-        self.ranges[..self.n].iter().map(|r| r.iov_len).sum()
     }
 
     /// # Safety
@@ -858,6 +969,7 @@ impl ReleaseBatch {
             iov_len: bytes,
         };
         self.n += 1;
+        self.bytes += bytes;
     }
 }
 
