@@ -15,10 +15,17 @@ comparison than the ratio of the medians.
 
 usage: python3 benches/release_compare.py [--runs N] [--ox PATH]
                                          [--alloc NAME=PATH[,VAR=VALUE...] ...]
-                                         [--no-peers] [--c-only]
+                                         [--no-peers] [--c-only] [--paired NAME]
 --alloc adds a library (PATH) under NAME, with environment variables set for its runs only; for
 example `--alloc policy-off=target/release/liboxmalloc.so,OXMALLOC_RETAIN_MIN=4G` runs oxmalloc
 with its release policy off.
+
+--paired NAME runs the C workloads under oxmalloc and under the --alloc library NAME at the same
+time, each process pinned to one CPU (swapped every round), and reports the median and spread of
+the per-round CPU ratios: both runs of a round meet the same load from the rest of the host,
+which steadies the ratio on a shared machine. Each process, threads included, then has one CPU
+(the cross-thread workloads' two threads share it), and the two runs share the caches and the
+memory bus, so these ratios answer "which is cheaper", not "how fast alone".
 """
 import argparse
 import os
@@ -55,6 +62,8 @@ def main():
     ap.add_argument("--no-peers", action="store_true",
                     help="only oxmalloc and the --alloc libraries (no glibc, no peers)")
     ap.add_argument("--c-only", action="store_true", help="skip the Python workload")
+    ap.add_argument("--paired", metavar="NAME",
+                    help="run oxmalloc and the --alloc library NAME at once, one CPU each")
     args = ap.parse_args()
     exe = os.path.join(ROOT, "target/c-bench/fill_free")
     os.makedirs(os.path.dirname(exe), exist_ok=True)
@@ -77,8 +86,14 @@ def main():
         ("fill/free 1 GiB, other thread asleep", [exe, "idle", "1024", "64"], {}),
         ("Python del + gc", [python, "-c", PY_SCRIPT], {"PYTHONMALLOC": "malloc"}),
     ]
-    if args.c_only:
+    if args.c_only or args.paired:
         workloads = workloads[:3]
+    if args.paired:
+        other = [a for a in allocs if a[0] == args.paired]
+        if not other:
+            sys.exit(f"--paired {args.paired}: no --alloc of that name")
+        paired(args.runs, [a for a in allocs if a[0] == "oxmalloc"] + other, workloads)
+        return
     results = {}
     for r in range(args.runs):
         for w, cmd, extra in workloads:
@@ -126,6 +141,36 @@ def main():
         if "oxmalloc" in afters and peers:
             print(f"\nRSS after free, best other allocator / oxmalloc: {min(peers) / afters['oxmalloc']:.1f}x")
         print()
+
+
+def paired(runs, pair, workloads):
+    """Runs both allocators of `pair` at once per round, pinned to CPUs 0 and 1 (swapped every
+    round), and prints the per-round CPU ratios of the second to the first."""
+    print(f"Command: `python3 {' '.join(sys.argv)}`; {runs} rounds, the two runs of a round at "
+          "the same time, one CPU each.\n")
+    print(f"| workload | {pair[0][0]} CPU s | {pair[1][0]} CPU s | {pair[1][0]} / {pair[0][0]}, "
+          "median of rounds | standard deviation |")
+    print("|---|---:|---:|---:|---:|")
+    for w, cmd, _ in workloads:
+        cpu = [[], []]
+        for r in range(runs):
+            procs = []
+            for i, (_, lib, own_env) in enumerate(pair):
+                env = dict(os.environ, **own_env, LD_PRELOAD=lib)
+                core = (i + r) % 2
+                procs.append(subprocess.Popen(
+                    cmd, env=env, stdout=subprocess.DEVNULL,
+                    preexec_fn=lambda core=core: os.sched_setaffinity(0, {core})))
+            for i, p in enumerate(procs):
+                _, status, ru = os.wait4(p.pid, 0)
+                if status != 0:
+                    sys.exit(f"{pair[i][0]} failed on {w}")
+                cpu[i].append(ru.ru_utime + ru.ru_stime)
+            print(f"round {r + 1}/{runs}: {w} done", file=sys.stderr)
+        ratios = [b / a for a, b in zip(*cpu)]
+        sd = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
+        print(f"| {w} | {statistics.median(cpu[0]):.2f} | {statistics.median(cpu[1]):.2f} "
+              f"| {statistics.median(ratios):.3f} | {sd:.3f} |")
 
 
 if __name__ == "__main__":
