@@ -130,6 +130,51 @@ fn freed_pages_go_back_to_the_os() {
     assert_eq!(s.page_heap_free_bytes, 0);
 }
 
+/// Small objects freed in scrambled order empty their spans one by one while the heap shrinks:
+/// those runs pass through the page heap's release queue. Every byte stays accounted for, the
+/// free lists stay consistent, most of the memory goes back at once, and an explicit release
+/// leaves no free page resident (the queued ones included).
+#[test]
+fn runs_freed_while_the_heap_shrinks_are_accounted_and_released() {
+    let _g = SERIAL.lock().unwrap();
+    let layout = Layout::from_size_align(256, 8).unwrap();
+    let before = oxmalloc::stats();
+    let mut ptrs: Vec<*mut u8> = (0..200_000)
+        .map(|_| {
+            // SAFETY: non-zero layout.
+            let p = unsafe { OxMalloc.alloc(layout) };
+            assert!(!p.is_null());
+            p
+        })
+        .collect();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for i in (1..ptrs.len()).rev() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ptrs.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    for &p in &ptrs {
+        // SAFETY: allocated above with this layout.
+        unsafe { OxMalloc.dealloc(p, layout) };
+    }
+    let s = oxmalloc::stats();
+    assert_eq!(layers_sum(&s), s.mapped_bytes, "{s:#?}");
+    assert!(s.largest_free_run_bytes <= s.page_heap_free_bytes + s.released_bytes);
+    oxmalloc::page_heap::lock().check_invariants().unwrap();
+    let filled = 200_000 * 256;
+    assert!(
+        s.released_bytes_total - before.released_bytes_total >= filled / 2,
+        "only {} of {filled} bytes released with no explicit call",
+        s.released_bytes_total - before.released_bytes_total
+    );
+    oxmalloc::release_free_memory();
+    let s = oxmalloc::stats();
+    assert_eq!(s.page_heap_free_bytes, 0, "{s:#?}");
+    assert_eq!(layers_sum(&s), s.mapped_bytes, "{s:#?}");
+    oxmalloc::page_heap::lock().check_invariants().unwrap();
+}
+
 #[test]
 fn json_has_every_documented_field_and_text_names_the_layers() {
     let _g = SERIAL.lock().unwrap();
