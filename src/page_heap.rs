@@ -17,10 +17,11 @@
 //!   allowance, `RETAIN_MIN + RETAIN_PERCENT%` of the pages handed out plus a learned boost (see
 //!   `free_run`); past it, the longest runs go first.
 //! - Runs on their way to the OS wait in the release queue: out of every list, state `Free`,
-//!   both ends mapped, counted in `free_pages` and `queued_pages`. The queue never holds more
-//!   than `RELEASE_BATCH` runs or `QUEUE_MAX_BYTES` for longer than the push that filled it,
-//!   which releases it with one system call; it is also released before the heap grows and on
-//!   an explicit release. Released runs are listed `Returned` (`Free` if the release failed).
+//!   both ends mapped, counted in `free_pages` and in the queue's `bytes`. The queue never
+//!   holds more than `RELEASE_BATCH` runs or `QUEUE_MAX_BYTES` for longer than the push that
+//!   filled it, which releases it with one system call; it is also released before the heap
+//!   grows and on an explicit release. Released runs are listed `Returned` (`Free` if the
+//!   release failed).
 //! - A free span's record is moved to the lowest free slot of the metadata arena, if that lies
 //!   before it, whenever the span enters a free list (see `compact`): free spans outlive the
 //!   in-use spans around them, and their records then stay at the start of the arena, whose
@@ -70,9 +71,8 @@ pub struct PageHeap {
     /// Span records.
     records: metadata::RecordArena,
     /// Free runs on their way to the OS, in no list (see `queue`); counted in
-    /// `stats.free_pages` as `queued_pages`.
+    /// `stats.free_pages`.
     queue: ReleaseBatch,
-    queued_pages: usize,
     /// Bytes released by the retention policy that have not been taken back yet.
     released_recently: usize,
     /// Extra bytes the retention policy lets stay resident because the program took released
@@ -135,7 +135,6 @@ impl PageHeap {
             returned_mask: [0; 3],
             records: metadata::RecordArena::new(),
             queue: ReleaseBatch::new(),
-            queued_pages: 0,
             released_recently: 0,
             retain_boost: 0,
             regretted: false,
@@ -490,7 +489,7 @@ impl PageHeap {
 
     /// Resident free bytes in the free lists (runs queued for release not counted).
     fn listed_free_bytes(&self) -> usize {
-        (self.stats.free_pages - self.queued_pages) * PAGE_SIZE
+        self.stats.free_pages * PAGE_SIZE - self.queue.bytes
     }
 
     /// Frees run `s` (state `Free`, in no list, its pagemap entries cleared): coalesces it with
@@ -559,9 +558,7 @@ impl PageHeap {
     /// `s` is a valid `Free` span in no list.
     unsafe fn queue(&mut self, s: *mut Span, by_policy: bool) -> Option<usize> {
         // SAFETY: guaranteed by the caller.
-        let len = unsafe { (*s).len.0 };
-        self.stats.free_pages += len;
-        self.queued_pages += len;
+        self.stats.free_pages += unsafe { (*s).len.0 };
         // SAFETY: as above; the queue is never left full.
         unsafe { self.queue.push(s) };
         if self.queue.is_full() || self.queue.bytes >= QUEUE_MAX_BYTES {
@@ -585,9 +582,7 @@ impl PageHeap {
             // SAFETY: queued spans are valid `Free` spans out of every list, their pages free
             // (released now if `ok`).
             unsafe {
-                let len = (*s).len.0;
-                self.stats.free_pages -= len;
-                self.queued_pages -= len;
+                self.stats.free_pages -= (*s).len.0;
                 if ok {
                     (*s).state = SpanState::Returned;
                 }
