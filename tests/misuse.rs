@@ -9,11 +9,9 @@ use common::{check, compile, library, python, root};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 
-fn misuse_program() -> &'static PathBuf {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    EXE.get_or_init(|| compile(&root().join("tests/c_misuse/misuse.c")))
+fn misuse_program() -> PathBuf {
+    compile(&root().join("tests/c_misuse/misuse.c"))
 }
 
 /// Runs one misuse case; returns the report line (asserting an abort with exactly one).

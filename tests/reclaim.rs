@@ -10,9 +10,8 @@ use common::pattern::{fill_pattern, pattern_mismatch, splitmix64};
 use common::{check, compile, library, root};
 use oxmalloc::OxMalloc;
 use std::alloc::{GlobalAlloc, Layout};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The Rust tests read process-wide counters: one at a time.
@@ -20,8 +19,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Runs idle_cache with `args` and `env`; returns its stdout numbers.
 fn idle_cache(args: &[&str], env: &[(&str, &str)]) -> Vec<f64> {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    let exe = EXE.get_or_init(|| compile(&root().join("tests/c_release/idle_cache.c")));
+    let exe = compile(&root().join("tests/c_release/idle_cache.c"));
     let out = std::process::Command::new(exe)
         .args(args)
         .envs(env.iter().copied())
