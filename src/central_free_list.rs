@@ -32,10 +32,11 @@ use crossbeam_utils::CachePadded;
 
 /// Fullness buckets per class.
 const BUCKETS: usize = 8;
-/// Classes whose spans have at most this many pages keep one wholly free span; bigger spans
-/// go straight back to the page heap, where any class can reuse them (a program that grows
-/// buffers through every class would otherwise pin one span per class: 20 MiB over the
-/// biggest classes).
+/// Classes whose spans have at most this many pages (those of objects up to 4 KiB, whose
+/// spans are the 32 KiB minimum) keep one wholly free span; bigger spans go straight back to
+/// the page heap, where any class can reuse them (a program that grows buffers through every
+/// class would otherwise pin one span per class: 20 MiB over the biggest classes; the kept
+/// spans of the classes up to 4 KiB total 1.5 MiB at most).
 const MAX_KEPT_PAGES: u32 = 4;
 
 pub struct CentralFreeList {

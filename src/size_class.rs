@@ -8,7 +8,7 @@
 //! - Rounding waste: for requests of 128 bytes and up, `class_size - request < request / 8`
 //!   (at most 12.5%); below 128 bytes the waste is under the 16-byte alignment quantum.
 //! - Each class's span (`pages` pages) wastes at most 1/8 of its bytes in the tail that cannot
-//!   hold a whole object.
+//!   hold a whole object, and is at least `MIN_SPAN_BYTES` (32 KiB) long.
 //! - `class_for_size(n)` is the smallest class whose size is `>= n`, found by table lookup.
 //!
 //! The tables are computed by `const fn`s at compile time; nothing runs at start-up.
@@ -110,13 +110,17 @@ const SIZES: ([u32; 128], usize) = build_sizes();
 /// Number of class indices including the reserved class 0.
 pub const NUM_CLASSES: usize = SIZES.1;
 
+/// Every span is at least this big.
+const MIN_SPAN_BYTES: usize = 32 * 1024;
+
 const fn pages_for(size: usize) -> usize {
-    // Aim for spans that hold a useful number of objects without hoarding memory for the
-    // biggest classes, then grow until the tail waste is at most 1/8 of the span.
-    let target = if size <= 256 {
-        PAGE_SIZE
-    } else if size <= 1024 {
-        size * 32
+    // Spans of at least 32 KiB and at least 8 objects, at most 256 KiB unless one object is
+    // bigger, grown until the tail waste is at most 1/8 of the span. A span costs page-heap
+    // work when it is carved and when it goes back, and a range of its own when it is
+    // released; pages of a span that objects were never carved from stay untouched (not
+    // resident), so a class with few objects does not pay for the whole span.
+    let target = if size * 8 <= MIN_SPAN_BYTES {
+        MIN_SPAN_BYTES
     } else if size * 8 < 256 * 1024 {
         size * 8
     } else if size < 256 * 1024 {
@@ -378,6 +382,7 @@ mod tests {
     fn span_tail_waste_bounded() {
         for info in &CLASS_INFO[1..] {
             let bytes = info.pages as usize * PAGE_SIZE;
+            assert!(bytes >= MIN_SPAN_BYTES, "class {}", info.size);
             assert!(info.objects_per_span >= 1);
             assert!(info.batch >= 2 && info.batch <= 64);
             assert!(
