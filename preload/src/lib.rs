@@ -172,6 +172,14 @@ pub unsafe extern "C" fn free(p: *mut c_void) {
 
 #[inline(always)]
 unsafe fn free_impl(p: *mut c_void) {
+    // The misuse check loads the object's second word, and an object freed long after its
+    // allocation is rarely in the cache: start fetching its line now, so that the miss overlaps
+    // the pagemap lookup (itself often a miss in a large heap) instead of following it.
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_ET0 }>(p as *const i8)
+    };
     // Null needs no test here: page 0 is never oxmalloc's (see `os::map`), so its pagemap
     // entry is 0 and null goes to `free_large`, which returns.
     let entry = pagemap::entry_of(p as usize);
