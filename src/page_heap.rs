@@ -535,7 +535,14 @@ impl PageHeap {
         DRAIN_REQUESTED.store(true, Ordering::Relaxed);
         // Idle threads' caches pin partly used spans: have the next slow path look at them.
         crate::reclaim::REQUESTED.store(true, Ordering::Relaxed);
-        let target = allowance / 4;
+        let _ = self.queue_longest(allowance / 4, true);
+    }
+
+    /// Queues the longest listed resident runs for release until at most `target` bytes stay
+    /// listed. Returns the bytes released on the way: `Err` with those before a release the
+    /// kernel refused, which ends the loop.
+    fn queue_longest(&mut self, target: usize, by_policy: bool) -> Result<usize, usize> {
+        let mut released = 0;
         while self.listed_free_bytes() > target {
             let s = self.longest_resident();
             if s.is_null() {
@@ -544,11 +551,13 @@ impl PageHeap {
             // SAFETY: `s` is a valid free span in its list.
             unsafe {
                 self.remove_free(s);
-                if self.queue(s, true).is_none() {
-                    break;
+                match self.queue(s, by_policy) {
+                    Some(b) => released += b,
+                    None => return Err(released),
                 }
             }
         }
+        Ok(released)
     }
 
     /// Queues resident free run `s` (in no list, its ends mapped) for release, and releases the
@@ -895,24 +904,13 @@ impl PageHeap {
     /// Releases every resident free span to the OS (the queued ones first). Returns the bytes
     /// released; stops at the first release the kernel refuses.
     pub fn release_all(&mut self) -> usize {
-        let Some(mut released) = self.release_queue(true) else {
+        let Some(queued) = self.release_queue(true) else {
             return 0;
         };
-        loop {
-            let s = self.longest_resident();
-            if s.is_null() {
-                break;
-            }
-            // SAFETY: `s` is a valid free span in its list.
-            unsafe {
-                self.remove_free(s);
-                match self.queue(s, false) {
-                    Some(b) => released += b,
-                    None => return released,
-                }
-            }
+        match self.queue_longest(0, false) {
+            Ok(b) => queued + b + self.release_queue(false).unwrap_or(0),
+            Err(b) => queued + b,
         }
-        released + self.release_queue(false).unwrap_or(0)
     }
 }
 
