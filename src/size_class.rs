@@ -114,8 +114,9 @@ pub const NUM_CLASSES: usize = SIZES.1;
 const MIN_SPAN_BYTES: usize = 32 * 1024;
 
 const fn pages_for(size: usize) -> usize {
-    // Spans of at least 32 KiB and at least 8 objects, at most 256 KiB unless one object is
-    // bigger, grown until the tail waste is at most 1/8 of the span. A span costs page-heap
+    // Spans of at least 32 KiB; past 4 KiB objects, about 8 objects a span up to 256 KiB
+    // (fewer objects above 32 KiB, one where an object is bigger); then grown until the tail
+    // waste is at most 1/8 of the span. A span costs page-heap
     // work when it is carved and when it goes back, and a range of its own when it is
     // released; pages of a span that objects were never carved from stay untouched (not
     // resident), so a class with few objects does not pay for the whole span.
